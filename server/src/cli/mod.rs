@@ -1,0 +1,295 @@
+//! The operator CLI: talks to the admin API and prints tables, JSON or YAML.
+pub mod table;
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use siderite::proto::admin::v1::{
+    admin_service_client::AdminServiceClient, AcceptServerRequest, DeleteServerRequest,
+    GetServerRequest, ListServersRequest, Server,
+};
+use siderite::proto::agent::v1::Hardware;
+use tonic::transport::Channel;
+
+use table::{age, bytes, Table};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+pub async fn client(addr: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .with_context(|| format!("invalid server address {addr:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the siderite server at {addr}"))?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", s.message())
+}
+
+pub async fn get_servers(addr: &str, output: Output) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    let mut servers = c
+        .list_servers(ListServersRequest {})
+        .await
+        .map_err(|s| status_err("listing servers", s))?
+        .into_inner()
+        .servers;
+    servers.sort_by(|a, b| crate::model::name(a).cmp(crate::model::name(b)));
+    render_servers(&servers, output, time::OffsetDateTime::now_utc())
+}
+
+pub async fn get_server(addr: &str, name: &str, output: Output) -> anyhow::Result<String> {
+    let s = fetch(addr, name).await?;
+    render_servers(std::slice::from_ref(&s), output, time::OffsetDateTime::now_utc())
+}
+
+async fn fetch(addr: &str, name: &str) -> anyhow::Result<Server> {
+    let mut c = client(addr).await?;
+    Ok(c.get_server(GetServerRequest { name: name.into() })
+        .await
+        .map_err(|s| status_err(&format!("server {name}"), s))?
+        .into_inner())
+}
+
+pub async fn describe_server(addr: &str, name: &str) -> anyhow::Result<String> {
+    let s = fetch(addr, name).await?;
+    Ok(describe(&s, time::OffsetDateTime::now_utc()))
+}
+
+pub async fn accept(addr: &str, name: &str) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    c.accept_server(AcceptServerRequest { name: name.into() })
+        .await
+        .map_err(|s| status_err(&format!("accepting server {name}"), s))?;
+    Ok(format!("server/{name} accepted\n"))
+}
+
+pub async fn delete_server(addr: &str, name: &str) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    c.delete_server(DeleteServerRequest { name: name.into() })
+        .await
+        .map_err(|s| status_err(&format!("deleting server {name}"), s))?;
+    Ok(format!("server/{name} deleted\n"))
+}
+
+/// A list of items, the first few shown and the rest counted.
+fn compact(items: Vec<String>, show: usize) -> String {
+    if items.is_empty() {
+        return "<none>".into();
+    }
+    let n = items.len();
+    let mut s = items.into_iter().take(show).collect::<Vec<_>>().join(",");
+    if n > show {
+        let _ = write!(s, ",+{}", n - show);
+    }
+    s
+}
+
+fn disks_cell(hw: &Hardware) -> String {
+    compact(hw.disks.iter().map(|d| format!("{}:{}", d.name, bytes(d.size_bytes))).collect(), 4)
+}
+
+fn nics_cell(hw: &Hardware) -> String {
+    compact(
+        hw.nics
+            .iter()
+            .filter(|n| !n.r#virtual)
+            .map(|n| format!("{}:{}", n.name, if n.driver_bound { n.driver.as_str() } else { "no-driver" }))
+            .collect(),
+        4,
+    )
+}
+
+pub fn render_servers(servers: &[Server], output: Output, now: time::OffsetDateTime) -> anyhow::Result<String> {
+    match output {
+        Output::Json => {
+            let v = if servers.len() == 1 {
+                serde_json::to_string_pretty(&servers[0])?
+            } else {
+                serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
+            };
+            Ok(v + "\n")
+        }
+        Output::Yaml => Ok(if servers.len() == 1 {
+            serde_yaml_ng::to_string(&servers[0])?
+        } else {
+            serde_yaml_ng::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
+        }),
+        Output::Table | Output::Wide => {
+            let wide = output == Output::Wide;
+            let mut header = vec!["NAME", "ACCEPTED", "PHASE", "CONNECTED", "MANUFACTURER", "PRODUCT", "CPUS", "MEMORY", "DISKS", "NICS", "AGE"];
+            if wide {
+                header.extend(["SERIAL", "MACS", "ADDRESS", "IDENTITY"]);
+            }
+            let mut t = Table::new(header);
+            for s in servers {
+                let meta = s.metadata.clone().unwrap_or_default();
+                let spec = s.spec.clone().unwrap_or_default();
+                let st = s.status.clone().unwrap_or_default();
+                let hw = st.hardware.clone().unwrap_or_default();
+                let sys = hw.system.clone().unwrap_or_default();
+                let cpu = hw.cpu.clone().unwrap_or_default();
+                let mem = hw.memory.clone().unwrap_or_default();
+                let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+                let mut row = vec![
+                    meta.name.clone(),
+                    spec.accepted.to_string(),
+                    or_none(&st.phase),
+                    st.connected.to_string(),
+                    or_none(&sys.manufacturer),
+                    or_none(&sys.product),
+                    cpu.threads.to_string(),
+                    bytes(mem.total_bytes),
+                    disks_cell(&hw),
+                    nics_cell(&hw),
+                    age(&meta.creation_timestamp, now),
+                ];
+                if wide {
+                    let macs = compact(hw.nics.iter().filter(|n| !n.r#virtual).map(|n| n.mac.clone()).collect(), 4);
+                    let identity = if st.identity_issued { "issued" } else { "smbios" };
+                    row.extend([or_none(&sys.serial), macs, or_none(&st.peer_address), identity.to_string()]);
+                }
+                t.row(row);
+            }
+            Ok(t.render())
+        }
+    }
+}
+
+/// One machine's whole story on one screen.
+pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
+    let meta = s.metadata.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    let st = s.status.clone().unwrap_or_default();
+    let hw = st.hardware.clone().unwrap_or_default();
+    let mut o = String::new();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(o, "{:<18}{}", format!("{k}:"), v);
+    };
+    kv("Name", meta.name.clone());
+    kv("Created", format!("{} ({} ago)", meta.creation_timestamp, age(&meta.creation_timestamp, now)));
+    kv("Resource version", meta.resource_version.to_string());
+    kv("Accepted", spec.accepted.to_string());
+    kv("Cordoned", spec.cordoned.to_string());
+    kv("Phase", st.phase.clone());
+    kv("Connected", st.connected.to_string());
+    kv("SMBIOS UUID", if st.smbios_uuid.is_empty() { "<none>".into() } else { st.smbios_uuid.clone() });
+    kv(
+        "Identity",
+        if st.identity_issued { format!("issued by the server: {}", st.identity_reason) } else { "SMBIOS UUID".into() },
+    );
+    kv("Agent", format!("{} (boot {})", st.agent_version, st.boot_id));
+    kv("Address", st.peer_address.clone());
+    kv("First seen", st.first_seen.clone());
+    kv("Last seen", format!("{} ({} registrations)", st.last_seen, st.registrations));
+    if let Some(sys) = &hw.system {
+        kv("System", format!("{} {} {} (serial {}, sku {}, family {})", sys.manufacturer, sys.product, sys.version, sys.serial, sys.sku, sys.family));
+    } else {
+        kv("System", "<no SMBIOS>".into());
+    }
+    if let Some(b) = &hw.baseboard {
+        kv("Baseboard", format!("{} {} {} (serial {})", b.manufacturer, b.product, b.version, b.serial));
+    }
+    if let Some(c) = &hw.chassis {
+        kv("Chassis", format!("{} {} (serial {})", c.manufacturer, c.chassis_type, c.serial));
+    }
+    if let Some(b) = &hw.bios {
+        kv("BIOS", format!("{} {} ({})", b.vendor, b.version, b.release_date));
+    }
+    if let Some(f) = &hw.firmware {
+        kv("Boot mode", format!("{} (secure boot {})", f.boot_mode, if f.secure_boot { "on" } else { "off" }));
+    }
+    kv("Kernel", format!("{} {} (hostname {})", hw.kernel, hw.arch, hw.hostname));
+    if let Some(c) = &hw.cpu {
+        kv(
+            "CPU",
+            format!(
+                "{} ({} sockets, {} cores, {} threads{})",
+                c.model,
+                c.sockets,
+                c.cores,
+                c.threads,
+                if c.virtualization { ", virtualization" } else { "" }
+            ),
+        );
+    }
+    if let Some(m) = &hw.memory {
+        kv("Memory", format!("{} in {} modules", bytes(m.total_bytes), m.modules.len()));
+    }
+    let _ = writeln!(o, "\nDisks:");
+    let mut t = Table::new(["NAME", "SIZE", "BUS", "TYPE", "MODEL", "SERIAL", "WWN", "FLAGS", "SIGNATURES"]);
+    for d in &hw.disks {
+        let mut flags = Vec::new();
+        if d.removable {
+            flags.push("removable");
+        }
+        if d.read_only {
+            flags.push("ro");
+        }
+        if d.rotational {
+            flags.push("rotational");
+        }
+        t.row(vec![
+            d.name.clone(),
+            bytes(d.size_bytes),
+            d.bus.clone(),
+            d.disk_type.clone(),
+            d.model.clone(),
+            d.serial.clone(),
+            d.wwn.clone(),
+            flags.join(","),
+            d.signatures.join(","),
+        ]);
+    }
+    indent(&mut o, &t.render());
+    let _ = writeln!(o, "\nNICs:");
+    let mut t = Table::new(["NAME", "MAC", "DRIVER", "PCI", "STATE", "SPEED", "ADDRESSES"]);
+    for n in &hw.nics {
+        t.row(vec![
+            n.name.clone(),
+            n.mac.clone(),
+            if n.driver_bound { n.driver.clone() } else { "<no driver bound>".into() },
+            if n.pci_address.is_empty() { String::new() } else { format!("{} [{}:{}]", n.pci_address, n.pci_vendor, n.pci_device) },
+            n.operstate.clone(),
+            if n.speed_mbps > 0 { format!("{}Mb/s", n.speed_mbps) } else { String::new() },
+            n.addresses.join(","),
+        ]);
+    }
+    indent(&mut o, &t.render());
+    let _ = writeln!(o, "\nPCI devices:      {}", hw.pci.len());
+    if !hw.errors.is_empty() {
+        let _ = writeln!(o, "\nInventory errors:");
+        for e in &hw.errors {
+            let _ = writeln!(o, "  {e}");
+        }
+    }
+    let _ = writeln!(o, "\nConditions:");
+    let mut t = Table::new(["TYPE", "STATUS", "REASON", "MESSAGE"]);
+    for c in &st.conditions {
+        t.row(vec![c.r#type.clone(), c.status.clone(), c.reason.clone(), c.message.clone()]);
+    }
+    indent(&mut o, &t.render());
+    let _ = writeln!(o, "\nEvents:");
+    let mut t = Table::new(["AGE", "REASON", "MESSAGE"]);
+    for e in &st.events {
+        t.row(vec![age(&e.time, now), e.reason.clone(), e.message.clone()]);
+    }
+    indent(&mut o, &t.render());
+    o
+}
+
+fn indent(o: &mut String, block: &str) {
+    for line in block.lines() {
+        let _ = writeln!(o, "  {line}");
+    }
+}

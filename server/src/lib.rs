@@ -1,0 +1,14 @@
+//! siderite's server: the agent and admin gRPC APIs, the store, the registry, the CLI.
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod fake;
+pub mod http;
+pub mod model;
+pub mod registry;
+pub mod serve;
+pub mod sessions;
+pub mod store;

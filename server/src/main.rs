@@ -1,0 +1,154 @@
+//! `siderite`: the server daemon and the operator CLI. Thin: parse, build, run.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use siderite_server::accept::AutoAccept;
+use siderite_server::cli::{self, Output};
+use siderite_server::serve::{self, Deps, ServeConfig};
+
+#[derive(Parser)]
+#[command(name = "siderite", version, about = "Bare-metal provisioning: server and CLI")]
+struct Cli {
+    /// Address of the siderite server's gRPC API.
+    #[arg(long, global = true, env = "SIDERITE_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        #[arg(long, default_value = "/var/lib/siderite")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:7070")]
+        listen: SocketAddr,
+        /// Health, readiness and metrics endpoint.
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        http_listen: Option<SocketAddr>,
+        /// none, all, or field=glob[,field=glob] over manufacturer/product/serial/sku/family/uuid.
+        #[arg(long, default_value = "none")]
+        auto_accept: AutoAccept,
+        /// Write the bound gRPC address here once listening.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Do not serve HTTP.
+        #[arg(long)]
+        no_http: bool,
+    },
+    /// List resources.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Show one resource in full.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Accept a discovered server so it can be wiped and used.
+    Accept { name: String },
+    /// Delete a resource.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Benchmarks with simulated agents over loopback.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum GetWhat {
+    #[command(alias = "server")]
+    Servers {
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum DescribeWhat {
+    Server { name: String },
+}
+
+#[derive(Subcommand)]
+enum DeleteWhat {
+    Server { name: String },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Registrations per second and latency.
+    Register {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
+    /// Server memory with many agents holding sessions.
+    Sessions {
+        #[arg(long, default_value_t = 10_000)]
+        agents: u32,
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let addr = cli.server.as_str();
+        let out = match cli.cmd {
+            Cmd::Serve { data_dir, listen, http_listen, auto_accept, addr_file, no_http } => {
+                let config = ServeConfig {
+                    data_dir,
+                    listen,
+                    http_listen: if no_http { None } else { http_listen },
+                    auto_accept,
+                    addr_file,
+                };
+                let deps = Deps::embedded(&config)?;
+                serve::run(config, deps, shutdown_signal()).await?;
+                return Ok(());
+            }
+            Cmd::Get { what: GetWhat::Servers { name: Some(n), output } } => cli::get_server(addr, &n, output).await?,
+            Cmd::Get { what: GetWhat::Servers { name: None, output } } => cli::get_servers(addr, output).await?,
+            Cmd::Describe { what: DescribeWhat::Server { name } } => cli::describe_server(addr, &name).await?,
+            Cmd::Accept { name } => cli::accept(addr, &name).await?,
+            Cmd::Delete { what: DeleteWhat::Server { name } } => cli::delete_server(addr, &name).await?,
+            Cmd::Bench { what: BenchWhat::Register { agents, concurrency, connections } } => {
+                siderite_server::bench::register(agents, concurrency, connections).await?
+            }
+            Cmd::Bench { what: BenchWhat::Sessions { agents, concurrency } } => {
+                siderite_server::bench::sessions(agents, concurrency).await?
+            }
+        };
+        print!("{out}");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,110 @@
+//! `siderite serve`: build the store, registry and sessions, then serve gRPC (agents and
+//! operators) and HTTP (health, readiness, metrics) until shutdown.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use siderite::proto::admin::v1::admin_service_server::AdminServiceServer;
+use siderite::proto::agent::v1::agent_service_server::AgentServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::accept::AutoAccept;
+use crate::api::{admin::AdminApi, agent::AgentApi};
+use crate::registry::{Limits, Registry};
+use crate::sessions::Sessions;
+use crate::store::{EmbeddedStore, Store};
+
+/// Largest message an agent or operator may send (a register with thousands of disks fits).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Where to serve /healthz, /readyz and /metrics; none to skip.
+    pub http_listen: Option<SocketAddr>,
+    pub auto_accept: AutoAccept,
+    /// Written with the bound gRPC address once listening (useful with port 0).
+    pub addr_file: Option<PathBuf>,
+}
+
+/// The parts a running server is made of, for tests that embed one.
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<Sessions>,
+}
+
+impl Deps {
+    pub fn embedded(config: &ServeConfig) -> anyhow::Result<Self> {
+        let store = EmbeddedStore::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        Ok(Self {
+            store: Arc::new(store),
+            sessions: Arc::new(Sessions::default()),
+        })
+    }
+}
+
+pub async fn run(
+    config: ServeConfig,
+    deps: Deps,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let registry = Arc::new(Registry::new(
+        deps.store.clone(),
+        deps.sessions.clone(),
+        config.auto_accept.clone(),
+    ));
+    let agent = AgentApi {
+        registry,
+        sessions: deps.sessions.clone(),
+        limits: Limits::default(),
+    };
+    let admin = AdminApi {
+        store: deps.store.clone(),
+        sessions: deps.sessions.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_task = None;
+    if let Some(addr) = config.http_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTP {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "HTTP listening");
+        let app = crate::http::router(deps.store.clone(), deps.sessions.clone());
+        let mut rx = stop_rx.clone();
+        http_task = Some(tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    if let Some(path) = &config.addr_file {
+        std::fs::write(path, local.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), auto_accept = %config.auto_accept, "siderite serving");
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(
+            AgentServiceServer::new(agent)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let result = grpc.await.context("gRPC server");
+    let _ = stop_tx.send(true);
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    result
+}

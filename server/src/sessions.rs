@@ -1,0 +1,74 @@
+//! Live agent sessions held by this replica: who is connected, from which boot, and the
+//! channel to send them commands.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use siderite::proto::agent::v1::ServerMessage;
+use siderite::ServerId;
+use tokio::sync::mpsc;
+
+struct Entry {
+    conn: u64,
+    boot_id: String,
+    tx: mpsc::Sender<Result<ServerMessage, tonic::Status>>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    live: Mutex<HashMap<ServerId, Entry>>,
+}
+
+/// Proof of holding a slot; only the holder can remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionHandle {
+    pub id: ServerId,
+    conn: u64,
+}
+
+impl Sessions {
+    /// Records a session, replacing (and so closing) an older one of the same server.
+    pub fn attach(
+        &self,
+        id: ServerId,
+        boot_id: String,
+        tx: mpsc::Sender<Result<ServerMessage, tonic::Status>>,
+    ) -> SessionHandle {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.live.lock().expect("sessions lock");
+        live.insert(id, Entry { conn, boot_id, tx });
+        SessionHandle { id, conn }
+    }
+
+    pub fn detach(&self, h: SessionHandle) {
+        let mut live = self.live.lock().expect("sessions lock");
+        if live.get(&h.id).is_some_and(|e| e.conn == h.conn) {
+            live.remove(&h.id);
+        }
+    }
+
+    /// Drops a server's session (its stream ends): used when the server is deleted.
+    pub fn kick(&self, id: ServerId) {
+        self.live.lock().expect("sessions lock").remove(&id);
+    }
+
+    /// The boot ID of the agent holding a session for `id`, if any.
+    pub fn live_boot(&self, id: ServerId) -> Option<String> {
+        self.live.lock().expect("sessions lock").get(&id).map(|e| e.boot_id.clone())
+    }
+
+    pub fn is_connected(&self, id: ServerId) -> bool {
+        self.live.lock().expect("sessions lock").contains_key(&id)
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().expect("sessions lock").len()
+    }
+
+    /// Queues a message to a connected agent; false when it is not connected here.
+    pub fn send(&self, id: ServerId, msg: ServerMessage) -> bool {
+        let tx = self.live.lock().expect("sessions lock").get(&id).map(|e| e.tx.clone());
+        tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
+    }
+}
