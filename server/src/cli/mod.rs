@@ -293,3 +293,80 @@ fn indent(o: &mut String, block: &str) {
         let _ = writeln!(o, "  {line}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siderite::proto::admin::v1::{ObjectMeta, ServerSpec, ServerStatus};
+    use siderite::proto::agent::v1::{BlockDevice, Cpu, Memory, Nic, System};
+
+    fn sample() -> Server {
+        Server {
+            api_version: crate::model::API_VERSION.into(),
+            kind: "Server".into(),
+            metadata: Some(ObjectMeta {
+                name: "5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e".into(),
+                creation_timestamp: "2026-01-01T00:00:00Z".into(),
+                resource_version: 7,
+                ..Default::default()
+            }),
+            spec: Some(ServerSpec { accepted: false, cordoned: false }),
+            status: Some(ServerStatus {
+                phase: "discovered".into(),
+                connected: true,
+                smbios_uuid: "5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e".into(),
+                peer_address: "10.0.0.5:40000".into(),
+                hardware: Some(Hardware {
+                    system: Some(System { manufacturer: "QEMU".into(), product: "Standard PC".into(), serial: "S1".into(), ..Default::default() }),
+                    cpu: Some(Cpu { threads: 2, ..Default::default() }),
+                    memory: Some(Memory { total_bytes: 1 << 30, modules: vec![] }),
+                    disks: vec![
+                        BlockDevice { name: "vda".into(), size_bytes: 10 << 30, bus: "virtio".into(), ..Default::default() },
+                        BlockDevice { name: "nvme0n1".into(), size_bytes: 4 << 30, bus: "nvme".into(), ..Default::default() },
+                    ],
+                    nics: vec![
+                        Nic { name: "ens3".into(), mac: "52:54:00:00:00:01".into(), driver: "e1000".into(), driver_bound: true, ..Default::default() },
+                        Nic { name: "ens4".into(), mac: "52:54:00:00:00:02".into(), pci_address: "0000:00:04.0".into(), pci_vendor: "8086".into(), pci_device: "10d3".into(), ..Default::default() },
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn server_table_snapshot() {
+        let now = time::macros::datetime!(2026-01-01 00:02 UTC);
+        let out = render_servers(&[sample()], Output::Table, now).unwrap();
+        let want = "\
+NAME                                   ACCEPTED   PHASE        CONNECTED   MANUFACTURER   PRODUCT       CPUS   MEMORY   DISKS                  NICS                        AGE
+5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e   false      discovered   true        QEMU           Standard PC   2      1Gi      vda:10Gi,nvme0n1:4Gi   ens3:e1000,ens4:no-driver   2m
+";
+        assert_eq!(out, want, "\n{out}");
+        let wide = render_servers(&[sample()], Output::Wide, now).unwrap();
+        assert!(wide.lines().next().unwrap().ends_with("SERIAL   MACS                                  ADDRESS          IDENTITY"), "{wide}");
+        assert!(wide.contains("52:54:00:00:00:01,52:54:00:00:00:02   10.0.0.5:40000   smbios"), "{wide}");
+    }
+
+    #[test]
+    fn describe_shows_the_undriven_nic_with_pci_ids() {
+        let now = time::macros::datetime!(2026-01-01 00:02 UTC);
+        let out = describe(&sample(), now);
+        assert!(out.contains("<no driver bound>   0000:00:04.0 [8086:10d3]"), "{out}");
+        assert!(out.starts_with("Name:             5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e\n"), "{out}");
+        assert!(out.contains("Identity:         SMBIOS UUID"), "{out}");
+    }
+
+    #[test]
+    fn json_and_yaml_are_resource_shaped() {
+        let now = time::macros::datetime!(2026-01-01 00:02 UTC);
+        let json: serde_json::Value = serde_json::from_str(&render_servers(&[sample()], Output::Json, now).unwrap()).unwrap();
+        assert_eq!(json["apiVersion"], crate::model::API_VERSION);
+        assert_eq!(json["kind"], "Server");
+        assert_eq!(json["metadata"]["resourceVersion"], 7);
+        assert_eq!(json["status"]["hardware"]["disks"][0]["sizeBytes"], 10u64 << 30);
+        let yaml = render_servers(&[sample(), sample()], Output::Yaml, now).unwrap();
+        assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
+    }
+}
