@@ -45,12 +45,12 @@ pub async fn get_servers(addr: &str, output: Output) -> anyhow::Result<String> {
         .into_inner()
         .servers;
     servers.sort_by(|a, b| crate::model::name(a).cmp(crate::model::name(b)));
-    render_servers(&servers, output, time::OffsetDateTime::now_utc())
+    render_servers(&servers, true, output, time::OffsetDateTime::now_utc())
 }
 
 pub async fn get_server(addr: &str, name: &str, output: Output) -> anyhow::Result<String> {
     let s = fetch(addr, name).await?;
-    render_servers(std::slice::from_ref(&s), output, time::OffsetDateTime::now_utc())
+    render_servers(std::slice::from_ref(&s), false, output, time::OffsetDateTime::now_utc())
 }
 
 async fn fetch(addr: &str, name: &str) -> anyhow::Result<Server> {
@@ -110,18 +110,20 @@ fn nics_cell(hw: &Hardware) -> String {
     )
 }
 
-pub fn render_servers(servers: &[Server], output: Output, now: time::OffsetDateTime) -> anyhow::Result<String> {
+/// Renders servers; `as_list` gives JSON/YAML a kubectl-style `List` even for one item.
+pub fn render_servers(servers: &[Server], as_list: bool, output: Output, now: time::OffsetDateTime) -> anyhow::Result<String> {
+    let single = (!as_list && servers.len() == 1).then(|| &servers[0]);
     match output {
         Output::Json => {
-            let v = if servers.len() == 1 {
-                serde_json::to_string_pretty(&servers[0])?
+            let v = if let Some(one) = single {
+                serde_json::to_string_pretty(one)?
             } else {
                 serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
             };
             Ok(v + "\n")
         }
-        Output::Yaml => Ok(if servers.len() == 1 {
-            serde_yaml_ng::to_string(&servers[0])?
+        Output::Yaml => Ok(if let Some(one) = single {
+            serde_yaml_ng::to_string(one)?
         } else {
             serde_yaml_ng::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
         }),
@@ -134,7 +136,7 @@ pub fn render_servers(servers: &[Server], output: Output, now: time::OffsetDateT
             let mut t = Table::new(header);
             for s in servers {
                 let meta = s.metadata.clone().unwrap_or_default();
-                let spec = s.spec.clone().unwrap_or_default();
+                let spec = s.spec.unwrap_or_default();
                 let st = s.status.clone().unwrap_or_default();
                 let hw = st.hardware.clone().unwrap_or_default();
                 let sys = hw.system.clone().unwrap_or_default();
@@ -169,7 +171,7 @@ pub fn render_servers(servers: &[Server], output: Output, now: time::OffsetDateT
 /// One machine's whole story on one screen.
 pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
     let meta = s.metadata.clone().unwrap_or_default();
-    let spec = s.spec.clone().unwrap_or_default();
+    let spec = s.spec.unwrap_or_default();
     let st = s.status.clone().unwrap_or_default();
     let hw = st.hardware.clone().unwrap_or_default();
     let mut o = String::new();
@@ -338,13 +340,13 @@ mod tests {
     #[test]
     fn server_table_snapshot() {
         let now = time::macros::datetime!(2026-01-01 00:02 UTC);
-        let out = render_servers(&[sample()], Output::Table, now).unwrap();
+        let out = render_servers(&[sample()], true, Output::Table, now).unwrap();
         let want = "\
 NAME                                   ACCEPTED   PHASE        CONNECTED   MANUFACTURER   PRODUCT       CPUS   MEMORY   DISKS                  NICS                        AGE
 5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e   false      discovered   true        QEMU           Standard PC   2      1Gi      vda:10Gi,nvme0n1:4Gi   ens3:e1000,ens4:no-driver   2m
 ";
         assert_eq!(out, want, "\n{out}");
-        let wide = render_servers(&[sample()], Output::Wide, now).unwrap();
+        let wide = render_servers(&[sample()], true, Output::Wide, now).unwrap();
         assert!(wide.lines().next().unwrap().ends_with("SERIAL   MACS                                  ADDRESS          IDENTITY"), "{wide}");
         assert!(wide.contains("52:54:00:00:00:01,52:54:00:00:00:02   10.0.0.5:40000   smbios"), "{wide}");
     }
@@ -361,12 +363,12 @@ NAME                                   ACCEPTED   PHASE        CONNECTED   MANUF
     #[test]
     fn json_and_yaml_are_resource_shaped() {
         let now = time::macros::datetime!(2026-01-01 00:02 UTC);
-        let json: serde_json::Value = serde_json::from_str(&render_servers(&[sample()], Output::Json, now).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_servers(&[sample()], false, Output::Json, now).unwrap()).unwrap();
         assert_eq!(json["apiVersion"], crate::model::API_VERSION);
         assert_eq!(json["kind"], "Server");
         assert_eq!(json["metadata"]["resourceVersion"], 7);
         assert_eq!(json["status"]["hardware"]["disks"][0]["sizeBytes"], 10u64 << 30);
-        let yaml = render_servers(&[sample(), sample()], Output::Yaml, now).unwrap();
+        let yaml = render_servers(&[sample()], true, Output::Yaml, now).unwrap();
         assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
     }
 }

@@ -1,0 +1,25 @@
+//! The agent ships as one static musl binary under 3.5 MB (built by scripts/build-agent.sh).
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn static_agent_is_static_and_small() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/x86_64-unknown-linux-musl/agent/siderite-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/build-agent.sh (scripts/test.sh does)",
+        bin.display()
+    );
+    let size = std::fs::metadata(&bin).unwrap().len();
+    println!("static agent: {size} bytes");
+    assert!(size <= 3_500_000, "agent is {size} bytes, over the 3.5 MB budget");
+    let file = Command::new("file").arg(&bin).output().expect("`file` (Debian package file) is needed");
+    let text = String::from_utf8_lossy(&file.stdout);
+    assert!(text.contains("statically linked") || text.contains("static-pie linked"), "{text}");
+    // It runs: the static binary prints its inventory on this box.
+    let out = Command::new(&bin).arg("inventory").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.get("disks").is_some() || v.get("nics").is_some(), "{v}");
+}
