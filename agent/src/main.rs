@@ -1,8 +1,12 @@
-//! Thin entry point: parse the command line, build the host, run.
-use std::path::PathBuf;
+//! Thin entry point. As PID 1 of the boot image: the init duties, then the agent under a
+//! supervisor that never lets PID 1 exit. As a normal process: `inventory` or `run`.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use siderite_agent::config::{self, AgentConfig, Severity};
+use siderite_agent::{hw, init, inventory, net, session};
 
 #[derive(Parser)]
 #[command(name = "siderite-agent", version, about = "siderite's machine agent")]
@@ -29,19 +33,28 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_tracing(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default.into()),
         )
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    if init::is_pid1() {
+        pid1();
+    }
+    init_tracing(false);
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Inventory { root } => {
-            let host = siderite_agent::hw::Host::linux(&root);
-            let hw = siderite_agent::inventory::collect(&host);
+            let host = hw::Host::linux(&root);
+            let hw = inventory::collect(&host);
             println!("{}", serde_json::to_string_pretty(&hw)?);
             Ok(())
         }
@@ -52,12 +65,80 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(async move {
-                let host = siderite_agent::hw::Host::linux(&root);
-                let config = siderite_agent::session::Config::new(server, siderite_agent::session::boot_id(&root));
-                let inventory = move || siderite_agent::inventory::collect(&host);
-                let shutdown = siderite_agent::session::shutdown_on_signal();
-                siderite_agent::session::run(config, inventory, shutdown).await
+                let host = hw::Host::linux(&root);
+                let config = session::Config::new(server, session::boot_id(&root));
+                session::run(
+                    config,
+                    move || inventory::collect(&host),
+                    session::shutdown_on_signal(),
+                )
+                .await
             })
         }
     }
+}
+
+/// PID 1: mounts and console first (logging needs them), then the command line, modules,
+/// and the agent, supervised. Never returns.
+fn pid1() -> ! {
+    let early = init::early_setup();
+    let (cfg, problems) = config::from_kernel(Path::new("/"));
+    init_tracing(cfg.debug);
+    tracing::info!(version = siderite::VERSION, "siderite-agent starting as PID 1");
+    early.log();
+    for p in &problems {
+        match p.severity() {
+            Severity::Error => tracing::error!("kernel command line: {p}"),
+            Severity::Warning => tracing::warn!("kernel command line: {p}"),
+        }
+    }
+    let supervisor = init::Supervisor::new(init::RestartPolicy::default());
+    supervisor.install_panic_hook(None);
+    let release = init::kernel_release().unwrap_or_default();
+    init::load_modules(Path::new("/"), &release).log();
+    init::mount_efivars().log();
+    supervisor.run(move || agent(cfg.clone()))
+}
+
+fn net_options(cfg: &AgentConfig) -> net::NetOptions {
+    net::NetOptions {
+        boot_mac: cfg.boot_mac.map(|m| net::MacAddr(m.0)),
+        static_ips: cfg
+            .static_ips
+            .iter()
+            .map(|s| net::StaticIp {
+                address: s.address,
+                prefix_len: s.prefix_len,
+                gateway: s.gateway,
+                dns: s.dns.clone(),
+                mac: s.mac.map(|m| net::MacAddr(m.0)),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The agent proper, as the boot image runs it: network, then the session.
+async fn agent(cfg: AgentConfig) -> anyhow::Result<()> {
+    if cfg.servers.is_empty() {
+        // Nothing to talk to; stay up and say why, so the console shows it.
+        loop {
+            tracing::error!("no siderite.server= on the kernel command line: nothing to register with");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+    let network = loop {
+        match net::configure(net_options(&cfg), std::future::pending()).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::error!("network: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    tracing::info!("network: {}", network.report());
+    let host = hw::Host::linux(Path::new("/"));
+    let servers = cfg.servers.iter().map(ToString::to_string).collect();
+    let config = session::Config::new(servers, session::boot_id(Path::new("/")));
+    session::run(config, move || inventory::collect(&host), std::future::pending()).await
 }

@@ -78,6 +78,18 @@ pub async fn shutdown_on_signal() {
     }
 }
 
+/// This process's resident memory, for the log line that says it registered.
+fn self_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// Opens a channel to one server address (`HOST:PORT` or a full `http://` URL).
 pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, SessionError> {
     let url = if addr.contains("://") {
@@ -166,6 +178,9 @@ where
         seen: SeenCommands::new(),
     };
     tokio::pin!(shutdown);
+    if agent.config.servers.is_empty() {
+        anyhow::bail!("no server address to register with");
+    }
     let mut failures: u32 = 0;
     let mut turn = 0usize;
     loop {
@@ -236,6 +251,7 @@ impl Agent {
             accepted = resp.accepted,
             identity_issued = resp.identity_issued,
             reason = %resp.identity_reason,
+            rss_kib = self_rss_kib(),
             "registered"
         );
         self.server_id = Some(resp.server_id.clone());
