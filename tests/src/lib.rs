@@ -1,5 +1,6 @@
 //! Shared helpers of siderite's end-to-end tests: servers in-process and as processes,
 //! simulated agents, raw gRPC calls for hostile input, network labs for QEMU machines.
+pub mod boot;
 pub mod netlab;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

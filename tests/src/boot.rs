@@ -1,0 +1,136 @@
+//! Booting the agent for real: the boot image built from Debian's generic kernel and the
+//! static agent, and QEMU (TCG) machines on a [`NetLab`](crate::netlab::NetLab) bridge.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use siderite_initramfs::{build, BuildOptions, KernelSource};
+
+use crate::netlab::{require_tool, NetLab};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The boot image (vmlinuz + initramfs.cpio.zst) with the default module set, built once
+/// per test process into target/test-boot-image.
+pub fn boot_image() -> Result<(PathBuf, PathBuf)> {
+    static BUILT: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_image().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build_image() -> Result<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    let agent = root.join(siderite_initramfs::DEFAULT_AGENT);
+    ensure!(
+        agent.exists(),
+        "{} is missing: run scripts/build-agent.sh first (scripts/test.sh does)",
+        agent.display()
+    );
+    let out = root.join("target/test-boot-image");
+    let opts = BuildOptions::new(
+        KernelSource::Apt {
+            package: "linux-image-amd64".into(),
+            cache: root.join(siderite_initramfs::DEFAULT_CACHE),
+        },
+        agent,
+        out.clone(),
+    );
+    let started = Instant::now();
+    let manifest = build(&opts).context("building the boot image")?;
+    println!(
+        "boot image: {:?} in {:.1} s",
+        manifest.file("initramfs.cpio.zst").map(|f| f.size),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((out.join("vmlinuz"), out.join("initramfs.cpio.zst")))
+}
+
+pub fn qemu() -> Result<PathBuf> {
+    require_tool(&["/usr/bin/qemu-system-x86_64"], "qemu-system-x86")
+}
+
+/// A sparse raw disk image of `size` bytes.
+pub fn disk(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::File::create(&path)?.set_len(size)?;
+    Ok(path)
+}
+
+/// One QEMU machine; killed on drop. Its serial console goes to `console`.
+pub struct Machine {
+    pub child: Child,
+    pub console: PathBuf,
+    pub started: Instant,
+}
+
+impl Machine {
+    /// Starts QEMU inside the lab's namespace with the given device arguments.
+    pub fn start(lab: &NetLab, name: &str, append: &str, kernel: &Path, initrd: &Path, devices: &[String]) -> Result<Self> {
+        let console = lab.dir.path().join(format!("{name}.console"));
+        let child = lab
+            .command(qemu()?)
+            .args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot", "-display", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(append)
+            .args(devices)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting QEMU")?;
+        Ok(Self { child, console, started: Instant::now() })
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console shows `needle`; errors with the console's tail otherwise.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console_text().contains(needle) {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("QEMU exited ({status}) before {needle:?}:\n{}", tail(&self.console_text(), 40));
+            }
+            ensure!(Instant::now() < deadline, "no {needle:?} on the console within {timeout:?}:\n{}", tail(&self.console_text(), 40));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// NIC arguments for one tap.
+pub fn nic(model: &str, tap: &str, id: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("tap,id={id},ifname={tap},script=no,downscript=no"),
+        "-device".into(),
+        format!("{model},netdev={id},mac={mac}"),
+    ]
+}
