@@ -14,9 +14,19 @@ use siderite_tests::workspace_bin;
 
 const GIB: u64 = 1 << 30;
 
-fn start_server(lab: &mut NetLab) -> Result<()> {
+/// The server process inside the lab; killed on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(lab: &NetLab) -> Result<Server> {
     let data = lab.dir.path().join("server-data");
-    let log = std::fs::File::create(lab.dir.path().join("server.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(lab.dir.path().join("server.log"))?;
     let child = lab
         .command(workspace_bin("siderite"))
         .args(["serve", "--no-http", "--listen", &format!("{}:7070", lab.gateway), "--data-dir"])
@@ -25,8 +35,7 @@ fn start_server(lab: &mut NetLab) -> Result<()> {
         .stderr(log)
         .spawn()
         .context("starting the server in the lab")?;
-    lab.adopt(child);
-    Ok(())
+    Ok(Server(child))
 }
 
 fn servers(lab: &NetLab) -> Result<Vec<Value>> {
@@ -88,7 +97,7 @@ fn disk_args(lab: &NetLab) -> Result<Vec<String>> {
 fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result<()> {
     let (kernel, initrd) = boot_image()?;
     let mut lab = NetLab::new("boot", "10.77.0")?;
-    start_server(&mut lab)?;
+    let _server = start_server(&lab)?;
     let (t0, t1) = (lab.tap()?, lab.tap()?);
     let mut devices = Vec::new();
     devices.extend(nic("e1000", &t0, "n0", "52:54:00:77:00:01"));
@@ -161,9 +170,26 @@ fn undriven_nic_garbled_command_line_and_a_late_server_still_register() -> Resul
     m.wait_console("no session", Duration::from_secs(120))?;
     let console = m.console_text();
     assert!(console.contains("siderite.colour"), "unknown key reported:\n{}", tail(&console, 40));
-    start_server(&mut lab)?;
+    let server = start_server(&lab)?;
     let (s, took) = wait_registered(&lab, &mut m, Duration::from_secs(90))?;
     println!("registered {:.1} s after QEMU start, once the server came up", took.as_secs_f64());
+
+    // The server goes away and comes back: the agent notices, retries, registers again
+    // as the same machine (found by its MACs, since its identity was issued).
+    drop(server);
+    m.wait_console("session ended; reconnecting", Duration::from_secs(60))?;
+    let _server = start_server(&lab)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = servers(&lab).unwrap_or_default();
+        if let Some(again) = list.iter().find(|x| x["status"]["connected"] == true) {
+            assert_eq!(again["metadata"]["name"], s["metadata"]["name"], "same machine, same server");
+            assert!(again["status"]["registrations"].as_u64() >= Some(2));
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no re-registration after the server came back:\n{}", tail(&m.console_text(), 30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let st = &s["status"];
     assert_eq!(st["identityIssued"], true, "an all-zero UUID gets an issued identity");
