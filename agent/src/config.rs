@@ -21,6 +21,8 @@
 //! Neither `siderite.ca` nor `siderite.insecure` gives [`Trust::Unspecified`]: the caller
 //! decides; insecure is never assumed here.
 use std::fmt;
+
+pub use crate::net::{MacAddr, StaticIp};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::str::FromStr;
@@ -165,59 +167,7 @@ fn is_dns_name(s: &str) -> bool {
         && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
-/// An Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    /// Lower-case, colon-separated, as in `/sys/class/net/*/address`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-
-    /// `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`, any case.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
-        let sep = if s.contains('-') { '-' } else { ':' };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(sep);
-        for byte in &mut out {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-/// One static address: `siderite.ip=ADDR/PREFIX[,gw=IP][,dns=IP]...[,mac=MAC]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticIp {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-    /// Default gateway, same family as `address`.
-    pub gateway: Option<IpAddr>,
-    pub dns: Vec<IpAddr>,
-    /// The NIC to configure; `None` means the boot NIC.
-    pub mac: Option<MacAddr>,
-}
-
+/// `siderite.ip=ADDR/PREFIX[,gw=IP][,dns=IP]...[,mac=MAC]`: networking's own type, parsed here.
 impl FromStr for StaticIp {
     type Err = String;
 
@@ -264,7 +214,7 @@ impl FromStr for StaticIp {
                     }
                 }
                 "dns" => ip.dns.push(parse_ip()?),
-                "mac" => ip.mac = Some(v.parse()?),
+                "mac" => ip.mac = Some(v.parse().map_err(|e: crate::net::BadMac| e.to_string())?),
                 _ => return Err(format!("unknown field {k:?} (expected gw, dns or mac)")),
             }
         }
@@ -408,9 +358,9 @@ pub fn parse(cmdline: &str) -> (AgentConfig, Vec<ConfigError>) {
                 Ok(pin) => ca = Some(pin),
                 Err(reason) => problems.push(invalid(reason)),
             },
-            "mac" => match value.parse() {
+            "mac" => match value.parse::<MacAddr>() {
                 Ok(mac) => siderite_mac = Some(mac),
-                Err(reason) => problems.push(invalid(reason)),
+                Err(reason) => problems.push(invalid(reason.to_string())),
             },
             "ip" => match value.parse() {
                 Ok(ip) => cfg.static_ips.push(ip),
@@ -506,7 +456,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 /// `BOOTIF=01-aa-bb-cc-dd-ee-ff`: ARP hardware type 1 (Ethernet), then the MAC.
 fn parse_bootif(v: &str) -> Result<MacAddr, String> {
     match v.split_once('-') {
-        Some(("01", mac)) => mac.parse(),
+        Some(("01", mac)) => mac.parse().map_err(|e: crate::net::BadMac| e.to_string()),
         Some((htype, _)) if htype.len() == 2 => Err(format!(
             "hardware type {htype} is not Ethernet (01); expected 01-aa-bb-cc-dd-ee-ff"
         )),
@@ -810,7 +760,7 @@ mod tests {
         }
         assert_eq!(
             format!("{:?}", mac("AA:BB:CC:DD:EE:FF")),
-            "MacAddr(aa:bb:cc:dd:ee:ff)"
+            "aa:bb:cc:dd:ee:ff"
         );
     }
 
@@ -884,8 +834,8 @@ mod tests {
             shown,
             [
                 "siderite.server: invalid value \"[fd00::2\": missing ']' after the IPv6 address",
-                "siderite.mac: invalid value \"\u{fffd}\u{fffd}\": \
-                 \"\u{fffd}\u{fffd}\" is not a MAC address (aa:bb:cc:dd:ee:ff)",
+                "siderite.mac: invalid value \"\u{fffd}\u{fffd}\": not a MAC address \
+                 (want six hex pairs separated by ':' or '-'): \"\u{fffd}\u{fffd}\"",
                 "unknown kernel parameter siderite., ignored",
                 "siderite.ip: invalid value \"/\": \"\" is not an IP address",
                 "siderite.debug: invalid value \"2\": \

@@ -102,18 +102,8 @@ fn pid1() -> ! {
 
 fn net_options(cfg: &AgentConfig) -> net::NetOptions {
     net::NetOptions {
-        boot_mac: cfg.boot_mac.map(|m| net::MacAddr(m.0)),
-        static_ips: cfg
-            .static_ips
-            .iter()
-            .map(|s| net::StaticIp {
-                address: s.address,
-                prefix_len: s.prefix_len,
-                gateway: s.gateway,
-                dns: s.dns.clone(),
-                mac: s.mac.map(|m| net::MacAddr(m.0)),
-            })
-            .collect(),
+        boot_mac: cfg.boot_mac,
+        static_ips: cfg.static_ips.clone(),
         ..Default::default()
     }
 }

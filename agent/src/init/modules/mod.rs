@@ -310,7 +310,14 @@ pub fn load_with(
         run.report.devices = devices.len();
         let mut wanted: Vec<String> = Vec::new();
         if run.report.rounds == 1 {
-            wanted.extend(ALWAYS_LOAD.iter().map(|m| m.to_string()));
+            // efivarfs only means something on a UEFI boot; on BIOS the kernel refuses it.
+            let uefi = sys.join("firmware/efi").exists();
+            wanted.extend(
+                ALWAYS_LOAD
+                    .iter()
+                    .filter(|m| uefi || **m != "efivarfs")
+                    .map(|m| m.to_string()),
+            );
         }
         for device in &devices {
             wanted.extend(tables.aliases.lookup(device).into_iter().map(String::from));

@@ -137,6 +137,8 @@ fn real_tables_parse() {
 fn loads_in_rounds_as_devices_appear() {
     let dir = qemu_sysfs();
     let sys = dir.path();
+    // A UEFI boot: efivarfs is wanted too.
+    std::fs::create_dir_all(sys.join("firmware/efi")).unwrap();
     let mut kernel = FakeKernel::new(sys);
     let report = load_with(
         &tables(),
@@ -240,6 +242,7 @@ fn settles_before_rescanning() {
 fn failures_missing_files_and_blacklists_are_reported() {
     let dir = qemu_sysfs();
     let sys = dir.path();
+    std::fs::create_dir_all(sys.join("firmware/efi")).unwrap();
     let mut kernel = FakeKernel::new(sys);
     kernel.missing = vec!["failover", "efivarfs"];
     kernel.refuse = vec!["crc32c_intel"];
