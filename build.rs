@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
-    let protos = ["proto/siderite/agent/v1/agent.proto", "proto/siderite/admin/v1/admin.proto"];
+    let protos = [
+        "proto/siderite/agent/v1/agent.proto",
+        "proto/siderite/admin/v1/admin.proto",
+    ];
     let mut config = prost_build::Config::new();
     // Every message knows its full name, so the strict codec can find its descriptor.
     config.enable_type_names();

@@ -135,16 +135,31 @@ mod tests {
     #[test]
     fn verdicts() {
         let v = |s: &str| s.parse::<SmbiosUuid>().unwrap().verdict();
-        assert_eq!(v("00000000-0000-0000-0000-000000000000"), UuidVerdict::AllZeros);
-        assert_eq!(v("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), UuidVerdict::AllOnes);
-        assert_eq!(v("03000200-0400-0500-0006-000700080009"), UuidVerdict::KnownPlaceholder);
-        assert_eq!(v("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"), UuidVerdict::Usable);
+        assert_eq!(
+            v("00000000-0000-0000-0000-000000000000"),
+            UuidVerdict::AllZeros
+        );
+        assert_eq!(
+            v("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"),
+            UuidVerdict::AllOnes
+        );
+        assert_eq!(
+            v("03000200-0400-0500-0006-000700080009"),
+            UuidVerdict::KnownPlaceholder
+        );
+        assert_eq!(
+            v("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"),
+            UuidVerdict::Usable
+        );
     }
 
     #[test]
     fn parse_errors() {
         assert_eq!("".parse::<SmbiosUuid>(), Err(IdError::Empty));
-        assert!(matches!("nope".parse::<SmbiosUuid>(), Err(IdError::Invalid(_))));
+        assert!(matches!(
+            "nope".parse::<SmbiosUuid>(),
+            Err(IdError::Invalid(_))
+        ));
         assert!("x".parse::<ServerId>().is_err());
         let id: ServerId = "5C1A3D4E-8F2B-4A6C-9D0E-1F2A3B4C5D6E".parse().unwrap();
         assert_eq!(id.to_string(), "5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e");

@@ -28,7 +28,8 @@ pub fn check_known_fields(full_name: &str, bytes: &[u8]) -> Result<(), StrictErr
     let desc = pool()
         .get_message_by_name(full_name)
         .ok_or_else(|| StrictError::NoDescriptor(full_name.to_string()))?;
-    let msg = DynamicMessage::decode(desc, bytes).map_err(|e| StrictError::Malformed(e.to_string()))?;
+    let msg =
+        DynamicMessage::decode(desc, bytes).map_err(|e| StrictError::Malformed(e.to_string()))?;
     walk(&msg, full_name)
 }
 
@@ -67,7 +68,10 @@ mod tests {
         let req = RegisterRequest {
             boot_id: "b".into(),
             hardware: Some(Hardware {
-                system: Some(System { uuid: "x".into(), ..Default::default() }),
+                system: Some(System {
+                    uuid: "x".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -77,7 +81,10 @@ mod tests {
         // Field 99, varint 1, appended at top level.
         bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
         let err = check_known_fields("siderite.agent.v1.RegisterRequest", &bytes).unwrap_err();
-        assert!(matches!(err, StrictError::UnknownField { number: 99, .. }), "{err}");
+        assert!(
+            matches!(err, StrictError::UnknownField { number: 99, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -95,7 +102,8 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        let err = check_known_fields("siderite.agent.v1.RegisterRequest", &[0xff, 0xff, 0xff]).unwrap_err();
+        let err = check_known_fields("siderite.agent.v1.RegisterRequest", &[0xff, 0xff, 0xff])
+            .unwrap_err();
         assert!(matches!(err, StrictError::Malformed(_)));
     }
 }

@@ -84,7 +84,10 @@ fn pid1() -> ! {
     let early = init::early_setup();
     let (cfg, problems) = config::from_kernel(Path::new("/"));
     init_tracing(cfg.debug);
-    tracing::info!(version = siderite::VERSION, "siderite-agent starting as PID 1");
+    tracing::info!(
+        version = siderite::VERSION,
+        "siderite-agent starting as PID 1"
+    );
     early.log();
     for p in &problems {
         match p.severity() {
@@ -113,7 +116,9 @@ async fn agent(cfg: AgentConfig) -> anyhow::Result<()> {
     if cfg.servers.is_empty() {
         // Nothing to talk to; stay up and say why, so the console shows it.
         loop {
-            tracing::error!("no siderite.server= on the kernel command line: nothing to register with");
+            tracing::error!(
+                "no siderite.server= on the kernel command line: nothing to register with"
+            );
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     }
@@ -130,5 +135,10 @@ async fn agent(cfg: AgentConfig) -> anyhow::Result<()> {
     let host = hw::Host::linux(Path::new("/"));
     let servers = cfg.servers.iter().map(ToString::to_string).collect();
     let config = session::Config::new(servers, session::boot_id(Path::new("/")));
-    session::run(config, move || inventory::collect(&host), std::future::pending()).await
+    session::run(
+        config,
+        move || inventory::collect(&host),
+        std::future::pending(),
+    )
+    .await
 }

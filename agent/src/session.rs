@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use siderite::proto::agent::v1::{
-    agent_message, agent_service_client::AgentServiceClient, command, server_message,
-    AgentMessage, Command, CommandAck, Hardware, Heartbeat, Hello, RegisterRequest,
-    RegisterResponse,
+    agent_message, agent_service_client::AgentServiceClient, command, server_message, AgentMessage,
+    Command, CommandAck, Hardware, Heartbeat, Hello, RegisterRequest, RegisterResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -332,7 +331,10 @@ impl Agent {
                     Err(e) => ack("failed", e.to_string()),
                 }
             }
-            None => ack("failed", "command of a kind this agent does not know".into()),
+            None => ack(
+                "failed",
+                "command of a kind this agent does not know".into(),
+            ),
         }
     }
 }
@@ -350,7 +352,10 @@ mod tests {
             seen.first_time(&i.to_string());
         }
         assert_eq!(seen.set.len(), SeenCommands::CAP);
-        assert!(seen.first_time("a"), "the oldest ID was forgotten to stay bounded");
+        assert!(
+            seen.first_time("a"),
+            "the oldest ID was forgotten to stay bounded"
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum Field {
 pub enum RuleError {
     #[error("auto-accept term {0:?} is not field=glob")]
     Term(String),
-    #[error("auto-accept field {0:?} is unknown (manufacturer, product, serial, sku, family, uuid)")]
+    #[error(
+        "auto-accept field {0:?} is unknown (manufacturer, product, serial, sku, family, uuid)"
+    )]
     Field(String),
 }
 
@@ -44,7 +46,9 @@ impl FromStr for AutoAccept {
         }
         let mut terms = Vec::new();
         for term in s.split(',') {
-            let (k, v) = term.split_once('=').ok_or_else(|| RuleError::Term(term.to_string()))?;
+            let (k, v) = term
+                .split_once('=')
+                .ok_or_else(|| RuleError::Term(term.to_string()))?;
             let field = match k.trim() {
                 "manufacturer" => Field::Manufacturer,
                 "product" => Field::Product,
@@ -66,7 +70,10 @@ impl fmt::Display for AutoAccept {
             AutoAccept::None => f.write_str("none"),
             AutoAccept::All => f.write_str("all"),
             AutoAccept::Match(terms) => {
-                let parts: Vec<String> = terms.iter().map(|(k, v)| format!("{}={v}", format!("{k:?}").to_lowercase())).collect();
+                let parts: Vec<String> = terms
+                    .iter()
+                    .map(|(k, v)| format!("{}={v}", format!("{k:?}").to_lowercase()))
+                    .collect();
                 f.write_str(&parts.join(","))
             }
         }
@@ -136,14 +143,30 @@ mod tests {
     #[test]
     fn rules() {
         let hw = Hardware {
-            system: Some(System { manufacturer: "QEMU".into(), product: "Standard PC".into(), ..Default::default() }),
+            system: Some(System {
+                manufacturer: "QEMU".into(),
+                product: "Standard PC".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert!("all".parse::<AutoAccept>().unwrap().matches(&hw));
         assert!(!"none".parse::<AutoAccept>().unwrap().matches(&hw));
-        assert!("manufacturer=QEMU,product=Standard*".parse::<AutoAccept>().unwrap().matches(&hw));
-        assert!(!"manufacturer=Dell*".parse::<AutoAccept>().unwrap().matches(&hw));
-        assert_eq!("colour=red".parse::<AutoAccept>(), Err(RuleError::Field("colour".into())));
-        assert!(matches!("manufacturer".parse::<AutoAccept>(), Err(RuleError::Term(_))));
+        assert!("manufacturer=QEMU,product=Standard*"
+            .parse::<AutoAccept>()
+            .unwrap()
+            .matches(&hw));
+        assert!(!"manufacturer=Dell*"
+            .parse::<AutoAccept>()
+            .unwrap()
+            .matches(&hw));
+        assert_eq!(
+            "colour=red".parse::<AutoAccept>(),
+            Err(RuleError::Field("colour".into()))
+        );
+        assert!(matches!(
+            "manufacturer".parse::<AutoAccept>(),
+            Err(RuleError::Term(_))
+        ));
     }
 }

@@ -37,10 +37,17 @@ impl ServerProcess {
         loop {
             if let Ok(a) = std::fs::read_to_string(&addr_file) {
                 if !a.is_empty() {
-                    return Ok(Self { child, addr: a, dir });
+                    return Ok(Self {
+                        child,
+                        addr: a,
+                        dir,
+                    });
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "server did not start within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "server did not start within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -81,7 +88,11 @@ fn raise_nofile() {
     }
 }
 
-pub async fn register(agents: u32, concurrency: usize, connections: usize) -> anyhow::Result<String> {
+pub async fn register(
+    agents: u32,
+    concurrency: usize,
+    connections: usize,
+) -> anyhow::Result<String> {
     raise_nofile();
     let server = ServerProcess::start(std::env::current_exe()?, &[]).await?;
     let seed: u32 = rand::random();
@@ -104,7 +115,10 @@ pub async fn register(agents: u32, concurrency: usize, connections: usize) -> an
                 hardware: Some(crate::fake::hardware(seed, i)),
                 server_id: String::new(),
             };
-            AgentServiceClient::new(ch).register(req).await.map(|_| t.elapsed())
+            AgentServiceClient::new(ch)
+                .register(req)
+                .await
+                .map(|_| t.elapsed())
         }));
     }
     let mut lat = Vec::with_capacity(tasks.len());

@@ -8,10 +8,19 @@ use siderite_server::cli::{self, Output};
 use siderite_server::serve::{self, Deps, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "siderite", version, about = "Bare-metal provisioning: server and CLI")]
+#[command(
+    name = "siderite",
+    version,
+    about = "Bare-metal provisioning: server and CLI"
+)]
 struct Cli {
     /// Address of the siderite server's gRPC API.
-    #[arg(long, global = true, env = "SIDERITE_SERVER", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIDERITE_SERVER",
+        default_value = "127.0.0.1:7070"
+    )]
     server: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -110,11 +119,20 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let addr = cli.server.as_str();
         let out = match cli.cmd {
-            Cmd::Serve { data_dir, listen, http_listen, auto_accept, addr_file, no_http } => {
+            Cmd::Serve {
+                data_dir,
+                listen,
+                http_listen,
+                auto_accept,
+                addr_file,
+                no_http,
+            } => {
                 let config = ServeConfig {
                     data_dir,
                     listen,
@@ -126,17 +144,38 @@ fn main() -> anyhow::Result<()> {
                 serve::run(config, deps, shutdown_signal()).await?;
                 return Ok(());
             }
-            Cmd::Get { what: GetWhat::Servers { name: Some(n), output } } => cli::get_server(addr, &n, output).await?,
-            Cmd::Get { what: GetWhat::Servers { name: None, output } } => cli::get_servers(addr, output).await?,
-            Cmd::Describe { what: DescribeWhat::Server { name } } => cli::describe_server(addr, &name).await?,
+            Cmd::Get {
+                what:
+                    GetWhat::Servers {
+                        name: Some(n),
+                        output,
+                    },
+            } => cli::get_server(addr, &n, output).await?,
+            Cmd::Get {
+                what: GetWhat::Servers { name: None, output },
+            } => cli::get_servers(addr, output).await?,
+            Cmd::Describe {
+                what: DescribeWhat::Server { name },
+            } => cli::describe_server(addr, &name).await?,
             Cmd::Accept { name } => cli::accept(addr, &name).await?,
-            Cmd::Delete { what: DeleteWhat::Server { name } } => cli::delete_server(addr, &name).await?,
-            Cmd::Bench { what: BenchWhat::Register { agents, concurrency, connections } } => {
-                siderite_server::bench::register(agents, concurrency, connections).await?
-            }
-            Cmd::Bench { what: BenchWhat::Sessions { agents, concurrency } } => {
-                siderite_server::bench::sessions(agents, concurrency).await?
-            }
+            Cmd::Delete {
+                what: DeleteWhat::Server { name },
+            } => cli::delete_server(addr, &name).await?,
+            Cmd::Bench {
+                what:
+                    BenchWhat::Register {
+                        agents,
+                        concurrency,
+                        connections,
+                    },
+            } => siderite_server::bench::register(agents, concurrency, connections).await?,
+            Cmd::Bench {
+                what:
+                    BenchWhat::Sessions {
+                        agents,
+                        concurrency,
+                    },
+            } => siderite_server::bench::sessions(agents, concurrency).await?,
         };
         print!("{out}");
         Ok(())

@@ -69,7 +69,13 @@ pub fn push_event(status: &mut ServerStatus, reason: &str, message: impl Into<St
 }
 
 /// Sets a condition, keeping its transition time when the status does not change.
-pub fn set_condition(status: &mut ServerStatus, kind: &str, value: bool, reason: &str, message: &str) {
+pub fn set_condition(
+    status: &mut ServerStatus,
+    kind: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+) {
     let value = if value { "True" } else { "False" };
     if let Some(c) = status.conditions.iter_mut().find(|c| c.r#type == kind) {
         if c.status != value {
@@ -90,5 +96,9 @@ pub fn set_condition(status: &mut ServerStatus, kind: &str, value: bool, reason:
 }
 
 pub fn name(server: &Server) -> &str {
-    server.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or_default()
+    server
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or_default()
 }

@@ -74,7 +74,11 @@ fn invalid(msg: impl Into<String>) -> RegisterError {
 
 fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -87,23 +91,26 @@ pub fn validate(req: RegisterRequest, limits: &Limits) -> Result<Validated, Regi
         return Err(invalid("boot_id is empty"));
     }
     if boot_id.len() > 128 || !boot_id.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(invalid("boot_id must be at most 128 printable ASCII characters"));
+        return Err(invalid(
+            "boot_id must be at most 128 printable ASCII characters",
+        ));
     }
     if req.agent_version.len() > 64 {
         return Err(invalid("agent_version is longer than 64 characters"));
     }
     let claimed = match req.server_id.trim() {
         "" => None,
-        s => Some(s.parse::<ServerId>().map_err(|e| invalid(format!("server_id: {e}")))?),
+        s => Some(
+            s.parse::<ServerId>()
+                .map_err(|e| invalid(format!("server_id: {e}")))?,
+        ),
     };
     let hardware = req.hardware.ok_or_else(|| invalid("hardware is missing"))?;
     let smbios = match &hardware.system {
         None => None,
-        Some(sys) if sys.uuid.trim().is_empty() => {
-            return Err(invalid(
-                "hardware.system.uuid is empty (omit hardware.system when the machine has no SMBIOS)",
-            ))
-        }
+        Some(sys) if sys.uuid.trim().is_empty() => return Err(invalid(
+            "hardware.system.uuid is empty (omit hardware.system when the machine has no SMBIOS)",
+        )),
         Some(sys) => Some(
             sys.uuid
                 .parse::<SmbiosUuid>()
@@ -118,7 +125,9 @@ pub fn validate(req: RegisterRequest, limits: &Limits) -> Result<Validated, Regi
     ];
     for (what, n, max) in counts {
         if n > max {
-            return Err(invalid(format!("hardware.{what} has {n} entries, more than {max}")));
+            return Err(invalid(format!(
+                "hardware.{what} has {n} entries, more than {max}"
+            )));
         }
     }
     let texts = hardware
@@ -127,10 +136,18 @@ pub fn validate(req: RegisterRequest, limits: &Limits) -> Result<Validated, Regi
         .flat_map(|d| [&d.name, &d.model, &d.serial, &d.wwn])
         .chain(hardware.nics.iter().flat_map(|n| [&n.name, &n.driver]))
         .chain(hardware.errors.iter())
-        .chain(hardware.system.iter().flat_map(|s| [&s.manufacturer, &s.product, &s.serial]));
+        .chain(
+            hardware
+                .system
+                .iter()
+                .flat_map(|s| [&s.manufacturer, &s.product, &s.serial]),
+        );
     for t in texts {
         if t.len() > limits.max_text {
-            return Err(invalid(format!("a text field is longer than {} bytes", limits.max_text)));
+            return Err(invalid(format!(
+                "a text field is longer than {} bytes",
+                limits.max_text
+            )));
         }
     }
     let mut macs = BTreeSet::new();
@@ -138,8 +155,12 @@ pub fn validate(req: RegisterRequest, limits: &Limits) -> Result<Validated, Regi
         if nic.mac.is_empty() {
             continue;
         }
-        let mac = normalize_mac(&nic.mac)
-            .ok_or_else(|| invalid(format!("nic {:?}: invalid MAC address {:?}", nic.name, nic.mac)))?;
+        let mac = normalize_mac(&nic.mac).ok_or_else(|| {
+            invalid(format!(
+                "nic {:?}: invalid MAC address {:?}",
+                nic.name, nic.mac
+            ))
+        })?;
         if !nic.r#virtual && mac != "00:00:00:00:00:00" {
             macs.insert(mac);
         }
@@ -179,7 +200,12 @@ pub fn same_machine(a: &Hardware, b: &Hardware) -> bool {
     if !physical_macs(a).is_disjoint(&physical_macs(b)) {
         return true;
     }
-    let serial = |h: &Hardware| h.system.as_ref().map(|s| s.serial.clone()).unwrap_or_default();
+    let serial = |h: &Hardware| {
+        h.system
+            .as_ref()
+            .map(|s| s.serial.clone())
+            .unwrap_or_default()
+    };
     let (sa, sb) = (serial(a), serial(b));
     meaningful_serial(&sa) && sa == sb
 }
@@ -244,11 +270,19 @@ impl Registry {
             .sessions
             .live_boot(rec.id)
             .is_some_and(|b| b != v.boot_id);
-        !live_elsewhere && same_machine(status.hardware.as_ref().unwrap_or(&Hardware::default()), &v.hardware)
+        !live_elsewhere
+            && same_machine(
+                status.hardware.as_ref().unwrap_or(&Hardware::default()),
+                &v.hardware,
+            )
     }
 
     /// Registers a validated machine; retries on write conflicts.
-    pub async fn register(&self, v: &Validated, peer: Option<String>) -> Result<Registered, RegisterError> {
+    pub async fn register(
+        &self,
+        v: &Validated,
+        peer: Option<String>,
+    ) -> Result<Registered, RegisterError> {
         for _ in 0..16 {
             if let Some(done) = self.try_register(v, peer.clone()).await? {
                 return Ok(done);
@@ -257,7 +291,11 @@ impl Registry {
         Err(RegisterError::Contention)
     }
 
-    async fn try_register(&self, v: &Validated, peer: Option<String>) -> Result<Option<Registered>, RegisterError> {
+    async fn try_register(
+        &self,
+        v: &Validated,
+        peer: Option<String>,
+    ) -> Result<Option<Registered>, RegisterError> {
         let mut txn = Txn::new();
         let mut target: Option<Record> = None;
         let mut new_id: Option<ServerId> = None;
@@ -266,7 +304,11 @@ impl Registry {
 
         if let Some(id) = v.claimed {
             if let Some(rec) = self.load(id).await? {
-                let same_boot = rec.server.status.as_ref().is_some_and(|s| s.boot_id == v.boot_id);
+                let same_boot = rec
+                    .server
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.boot_id == v.boot_id);
                 if same_boot {
                     target = Some(rec);
                 }
@@ -309,7 +351,8 @@ impl Registry {
             for mac in &v.macs {
                 if let Some(rec) = self.load_indexed(&mac_index_key(mac)).await? {
                     let st = rec.server.status.clone().unwrap_or_default();
-                    if st.identity_issued && st.smbios_uuid == smbios_text && self.is_same(&rec, v) {
+                    if st.identity_issued && st.smbios_uuid == smbios_text && self.is_same(&rec, v)
+                    {
                         target = Some(rec);
                         break;
                     }
@@ -331,21 +374,33 @@ impl Registry {
 
         let mut spec = server.spec.take().unwrap_or_default();
         let mut status = server.status.take().unwrap_or_default();
-        let old_macs = status.hardware.as_ref().map(physical_macs).unwrap_or_default();
+        let old_macs = status
+            .hardware
+            .as_ref()
+            .map(physical_macs)
+            .unwrap_or_default();
         if created {
             status.first_seen = now.clone();
             status.phase = "discovered".into();
             status.identity_issued = issued_reason.is_some();
             status.identity_reason = issued_reason.clone().unwrap_or_default();
             status.smbios_uuid = v.smbios.map(|u| u.to_string()).unwrap_or_default();
-            model::push_event(&mut status, "Discovered", format!("registered from {}", peer.as_deref().unwrap_or("unknown")));
+            model::push_event(
+                &mut status,
+                "Discovered",
+                format!("registered from {}", peer.as_deref().unwrap_or("unknown")),
+            );
             if let Some(reason) = &issued_reason {
                 model::push_event(&mut status, "IdentityIssued", reason.clone());
             }
             if self.auto_accept.matches(&v.hardware) {
                 spec.accepted = true;
                 status.phase = "accepted".into();
-                model::push_event(&mut status, "Accepted", format!("auto-accept rule {}", self.auto_accept));
+                model::push_event(
+                    &mut status,
+                    "Accepted",
+                    format!("auto-accept rule {}", self.auto_accept),
+                );
             }
         } else if status.hardware.as_ref() != Some(&v.hardware) {
             let change = describe_change(status.hardware.as_ref(), &v.hardware);
@@ -360,7 +415,10 @@ impl Registry {
             model::set_condition(&mut status, "DuplicateUUID", true, "DuplicateUUID", &msg);
             let mut hs = holder.server.clone();
             let mut hst = hs.status.take().unwrap_or_default();
-            let hmsg = format!("SMBIOS UUID {} is also reported by a different machine, server {id}", holder.id);
+            let hmsg = format!(
+                "SMBIOS UUID {} is also reported by a different machine, server {id}",
+                holder.id
+            );
             model::set_condition(&mut hst, "DuplicateUUID", true, "DuplicateUUID", &hmsg);
             model::push_event(&mut hst, "DuplicateUUID", hmsg);
             hs.status = Some(hst);
@@ -389,18 +447,27 @@ impl Registry {
             let k = mac_index_key(gone);
             if let Some(ix) = self.store.get(&k).await? {
                 if ix.value == id.to_string().as_bytes() {
-                    txn = txn.require(Precondition::At(k.clone(), ix.revision)).delete(k);
+                    txn = txn
+                        .require(Precondition::At(k.clone(), ix.revision))
+                        .delete(k);
                 }
             }
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
-        txn = txn.put(session_key(&id.to_string()), format!("{}\n{token}", v.boot_id).into_bytes());
+        txn = txn.put(
+            session_key(&id.to_string()),
+            format!("{}\n{token}", v.boot_id).into_bytes(),
+        );
 
         match self.store.txn(txn).await? {
             TxnOutcome::Committed(_) => Ok(Some(Registered {
                 server_id: id,
                 identity_issued: server.status.as_ref().is_some_and(|s| s.identity_issued),
-                identity_reason: server.status.as_ref().map(|s| s.identity_reason.clone()).unwrap_or_default(),
+                identity_reason: server
+                    .status
+                    .as_ref()
+                    .map(|s| s.identity_reason.clone())
+                    .unwrap_or_default(),
                 accepted,
                 created,
                 session_token: token,
@@ -413,7 +480,12 @@ impl Registry {
     }
 
     /// Checks a session's hello against the secret written at registration.
-    pub async fn check_session(&self, id: ServerId, boot_id: &str, token: &str) -> Result<bool, RegisterError> {
+    pub async fn check_session(
+        &self,
+        id: ServerId,
+        boot_id: &str,
+        token: &str,
+    ) -> Result<bool, RegisterError> {
         let Some(v) = self.store.get(&session_key(&id.to_string())).await? else {
             return Ok(false);
         };
@@ -429,7 +501,12 @@ fn describe_change(old: Option<&Hardware>, new: &Hardware) -> String {
         return "hardware reported".into();
     };
     let mut parts = Vec::new();
-    let disks = |h: &Hardware| h.disks.iter().map(|d| format!("{} ({})", d.name, d.size_bytes)).collect::<BTreeSet<_>>();
+    let disks = |h: &Hardware| {
+        h.disks
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.size_bytes))
+            .collect::<BTreeSet<_>>()
+    };
     let (od, nd) = (disks(old), disks(new));
     for d in nd.difference(&od) {
         parts.push(format!("disk added: {d}"));
@@ -484,30 +561,58 @@ mod tests {
     fn validation_errors_are_clear() {
         let l = Limits::default();
         let mut r = req(Some(""), &[]);
-        assert!(validate(r.clone(), &l).unwrap_err().to_string().contains("hardware.system.uuid is empty"));
+        assert!(validate(r.clone(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("hardware.system.uuid is empty"));
         r = req(Some("zzz"), &[]);
-        assert!(validate(r.clone(), &l).unwrap_err().to_string().contains("invalid UUID"));
+        assert!(validate(r.clone(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid UUID"));
         r = req(None, &["nonsense"]);
-        assert!(validate(r.clone(), &l).unwrap_err().to_string().contains("invalid MAC"));
+        assert!(validate(r.clone(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid MAC"));
         r = req(None, &[]);
         r.boot_id = String::new();
-        assert!(validate(r.clone(), &l).unwrap_err().to_string().contains("boot_id is empty"));
+        assert!(validate(r.clone(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("boot_id is empty"));
         r = req(None, &[]);
         r.hardware = None;
-        assert!(validate(r, &l).unwrap_err().to_string().contains("hardware is missing"));
+        assert!(validate(r, &l)
+            .unwrap_err()
+            .to_string()
+            .contains("hardware is missing"));
         let ok = validate(req(None, &["AA-BB-CC-DD-EE-FF"]), &l).unwrap();
         assert!(ok.macs.contains("aa:bb:cc:dd:ee:ff"));
     }
 
     #[test]
     fn same_machine_by_mac_or_real_serial() {
-        let a = req(Some("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"), &["aa:bb:cc:dd:ee:01"]).hardware.unwrap();
-        let mut b = req(Some("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"), &["aa:bb:cc:dd:ee:02"]).hardware.unwrap();
+        let a = req(
+            Some("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"),
+            &["aa:bb:cc:dd:ee:01"],
+        )
+        .hardware
+        .unwrap();
+        let mut b = req(
+            Some("5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e"),
+            &["aa:bb:cc:dd:ee:02"],
+        )
+        .hardware
+        .unwrap();
         assert!(same_machine(&a, &b), "same serial S1");
         b.system.as_mut().unwrap().serial = "To Be Filled By O.E.M.".into();
         let mut a2 = a.clone();
         a2.system.as_mut().unwrap().serial = "To Be Filled By O.E.M.".into();
-        assert!(!same_machine(&a2, &b), "placeholder serials and no shared MAC");
+        assert!(
+            !same_machine(&a2, &b),
+            "placeholder serials and no shared MAC"
+        );
         b.nics[0].mac = "AA:BB:CC:DD:EE:01".into();
         assert!(same_machine(&a2, &b), "shared MAC");
     }

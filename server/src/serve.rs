@@ -95,10 +95,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(
-            AgentServiceServer::new(agent)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        .add_service(AgentServiceServer::new(agent).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     let result = grpc.await.context("gRPC server");

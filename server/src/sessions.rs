@@ -55,7 +55,11 @@ impl Sessions {
 
     /// The boot ID of the agent holding a session for `id`, if any.
     pub fn live_boot(&self, id: ServerId) -> Option<String> {
-        self.live.lock().expect("sessions lock").get(&id).map(|e| e.boot_id.clone())
+        self.live
+            .lock()
+            .expect("sessions lock")
+            .get(&id)
+            .map(|e| e.boot_id.clone())
     }
 
     pub fn is_connected(&self, id: ServerId) -> bool {
@@ -68,7 +72,12 @@ impl Sessions {
 
     /// Queues a message to a connected agent; false when it is not connected here.
     pub fn send(&self, id: ServerId, msg: ServerMessage) -> bool {
-        let tx = self.live.lock().expect("sessions lock").get(&id).map(|e| e.tx.clone());
+        let tx = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .get(&id)
+            .map(|e| e.tx.clone());
         tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
     }
 }

@@ -71,11 +71,30 @@ pub struct Machine {
 
 impl Machine {
     /// Starts QEMU inside the lab's namespace with the given device arguments.
-    pub fn start(lab: &NetLab, name: &str, append: &str, kernel: &Path, initrd: &Path, devices: &[String]) -> Result<Self> {
+    pub fn start(
+        lab: &NetLab,
+        name: &str,
+        append: &str,
+        kernel: &Path,
+        initrd: &Path,
+        devices: &[String],
+    ) -> Result<Self> {
         let console = lab.dir.path().join(format!("{name}.console"));
         let child = lab
             .command(qemu()?)
-            .args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot", "-display", "none", "-monitor", "none"])
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "1024",
+                "-smp",
+                "1",
+                "-no-reboot",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-kernel")
@@ -90,7 +109,11 @@ impl Machine {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting QEMU")?;
-        Ok(Self { child, console, started: Instant::now() })
+        Ok(Self {
+            child,
+            console,
+            started: Instant::now(),
+        })
     }
 
     pub fn console_text(&self) -> String {
@@ -105,9 +128,16 @@ impl Machine {
                 return Ok(self.started.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("QEMU exited ({status}) before {needle:?}:\n{}", tail(&self.console_text(), 40));
+                anyhow::bail!(
+                    "QEMU exited ({status}) before {needle:?}:\n{}",
+                    tail(&self.console_text(), 40)
+                );
             }
-            ensure!(Instant::now() < deadline, "no {needle:?} on the console within {timeout:?}:\n{}", tail(&self.console_text(), 40));
+            ensure!(
+                Instant::now() < deadline,
+                "no {needle:?} on the console within {timeout:?}:\n{}",
+                tail(&self.console_text(), 40)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

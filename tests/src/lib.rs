@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use siderite::proto::admin::v1::{admin_service_client::AdminServiceClient, ListServersRequest, Server};
-use siderite::proto::agent::v1::{agent_service_client::AgentServiceClient, Hardware, RegisterRequest, RegisterResponse};
+use siderite::proto::admin::v1::{
+    admin_service_client::AdminServiceClient, ListServersRequest, Server,
+};
+use siderite::proto::agent::v1::{
+    agent_service_client::AgentServiceClient, Hardware, RegisterRequest, RegisterResponse,
+};
 use siderite_server::accept::AutoAccept;
 use siderite_server::serve::{self, Deps, ServeConfig};
 use tonic::transport::{Channel, Endpoint};
@@ -37,7 +41,12 @@ impl InProcess {
             let _ = rx.await;
         }));
         let addr = wait_for_file(&addr_file, Duration::from_secs(10)).await?;
-        Ok(Self { addr, dir, stop: Some(tx), task: Some(task) })
+        Ok(Self {
+            addr,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        })
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
@@ -59,7 +68,11 @@ pub async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<Str
                 return Ok(s);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "{} did not appear within {timeout:?}", path.display());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -71,8 +84,14 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
         .await?)
 }
 
-pub async fn register(addr: &str, boot_id: &str, hw: Hardware) -> Result<RegisterResponse, tonic::Status> {
-    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+pub async fn register(
+    addr: &str,
+    boot_id: &str,
+    hw: Hardware,
+) -> Result<RegisterResponse, tonic::Status> {
+    let ch = channel(addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     AgentServiceClient::new(ch)
         .register(RegisterRequest {
             boot_id: boot_id.into(),
@@ -96,7 +115,10 @@ pub async fn list_servers(addr: &str) -> anyhow::Result<Vec<Server>> {
 /// A binary built from this workspace, next to the test executable's `deps/` folder.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -117,7 +139,13 @@ impl ServerProcess {
         let addr_file = data_dir.with_extension("addr");
         let _ = std::fs::remove_file(&addr_file);
         let child = std::process::Command::new(workspace_bin("siderite"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-http", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-http",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
@@ -188,9 +216,13 @@ pub mod raw {
 
     /// Calls a unary method with `body` as the encoded request.
     pub async fn unary(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let ch = super::channel(addr).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ch = super::channel(addr)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut grpc = tonic::client::Grpc::new(ch);
-        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         grpc.unary(
             tonic::Request::new(body),
             tonic::codegen::http::uri::PathAndQuery::from_static(path),

@@ -59,7 +59,10 @@ impl NetLab {
         require_tool(&["/usr/bin/ip", "/sbin/ip", "/bin/ip"], "iproute2")?;
         let dnsmasq = require_tool(&["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"], "dnsmasq-base")?;
         let ns = format!("sdr-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &ns])?;
         let mut lab = Self {
             ns: ns.clone(),
@@ -101,7 +104,9 @@ impl NetLab {
 
     /// Runs a command inside the namespace and returns its stdout.
     pub fn exec(&self, args: &[&str]) -> Result<String> {
-        run(Command::new("ip").args(["netns", "exec", &self.ns]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args))
     }
 
     /// A command that will run inside the namespace.
@@ -137,6 +142,9 @@ impl Drop for NetLab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -13,13 +13,26 @@ fn static_agent_is_static_and_small() {
     );
     let size = std::fs::metadata(&bin).unwrap().len();
     println!("static agent: {size} bytes");
-    assert!(size <= 3_500_000, "agent is {size} bytes, over the 3.5 MB budget");
-    let file = Command::new("file").arg(&bin).output().expect("`file` (Debian package file) is needed");
+    assert!(
+        size <= 3_500_000,
+        "agent is {size} bytes, over the 3.5 MB budget"
+    );
+    let file = Command::new("file")
+        .arg(&bin)
+        .output()
+        .expect("`file` (Debian package file) is needed");
     let text = String::from_utf8_lossy(&file.stdout);
-    assert!(text.contains("statically linked") || text.contains("static-pie linked"), "{text}");
+    assert!(
+        text.contains("statically linked") || text.contains("static-pie linked"),
+        "{text}"
+    );
     // It runs: the static binary prints its inventory on this box.
     let out = Command::new(&bin).arg("inventory").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.get("disks").is_some() || v.get("nics").is_some(), "{v}");
 }

@@ -51,14 +51,24 @@ async fn sigkill_during_registration_storm_loses_nothing_acknowledged() {
         .map(|s| (s.metadata.clone().unwrap().name, s.status.clone().unwrap()))
         .collect();
     for (id, i) in &acked {
-        let st = by_id.get(id).unwrap_or_else(|| panic!("acknowledged server {id} lost"));
-        assert_eq!(st.hardware.as_ref(), Some(&fake::hardware(seed, *i)), "server {id} stored whole");
+        let st = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged server {id} lost"));
+        assert_eq!(
+            st.hardware.as_ref(),
+            Some(&fake::hardware(seed, *i)),
+            "server {id} stored whole"
+        );
     }
     // Anything stored beyond the acknowledged ones was committed but its reply was lost
     // in the kill; it must be whole too.
     assert!(stored.len() >= acked.len());
     for s in &stored {
-        assert!(s.status.as_ref().and_then(|st| st.hardware.as_ref()).is_some());
+        assert!(s
+            .status
+            .as_ref()
+            .and_then(|st| st.hardware.as_ref())
+            .is_some());
     }
     println!("acknowledged {}, stored {}", acked.len(), stored.len());
 }

@@ -8,10 +8,19 @@ use siderite_tests::{list_servers, workspace_bin, ServerProcess};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn this_box_registers_and_the_cli_shows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("data"), &[]).await.unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), &[])
+        .await
+        .unwrap();
 
-    let inventory = Command::new(workspace_bin("siderite-agent")).arg("inventory").output().unwrap();
-    assert!(inventory.status.success(), "{}", String::from_utf8_lossy(&inventory.stderr));
+    let inventory = Command::new(workspace_bin("siderite-agent"))
+        .arg("inventory")
+        .output()
+        .unwrap();
+    assert!(
+        inventory.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inventory.stderr)
+    );
     let inv: serde_json::Value = serde_json::from_slice(&inventory.stdout).unwrap();
 
     let mut agent = Command::new(workspace_bin("siderite-agent"))
@@ -24,7 +33,10 @@ async fn this_box_registers_and_the_cli_shows_it() {
     let mut servers = Vec::new();
     for _ in 0..200 {
         servers = list_servers(&server.addr).await.unwrap();
-        if servers.iter().any(|s| s.status.as_ref().is_some_and(|st| st.connected)) {
+        if servers
+            .iter()
+            .any(|s| s.status.as_ref().is_some_and(|st| st.connected))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -33,14 +45,28 @@ async fn this_box_registers_and_the_cli_shows_it() {
     let name = servers[0].metadata.clone().unwrap().name;
 
     let cli = |args: &[&str]| {
-        let out = Command::new(workspace_bin("siderite")).arg("--server").arg(&server.addr).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(workspace_bin("siderite"))
+            .arg("--server")
+            .arg(&server.addr)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let table = cli(&["get", "servers"]);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains(&name), "{table}");
-    let disks: Vec<String> = inv["disks"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_string()).collect();
+    let disks: Vec<String> = inv["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
     let nics: Vec<String> = inv["nics"]
         .as_array()
         .unwrap()
@@ -57,13 +83,26 @@ async fn this_box_registers_and_the_cli_shows_it() {
     }
     let described = cli(&["describe", "server", &name]);
     for d in &disks {
-        assert!(described.contains(d.as_str()), "disk {d} in describe:\n{described}");
+        assert!(
+            described.contains(d.as_str()),
+            "disk {d} in describe:\n{described}"
+        );
     }
-    let json: serde_json::Value = serde_json::from_str(&cli(&["get", "servers", &name, "-o", "json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&["get", "servers", &name, "-o", "json"])).unwrap();
     assert_eq!(json["metadata"]["name"], name.as_str());
-    assert_eq!(json["status"]["hardware"]["disks"].as_array().unwrap().len(), disks.len());
+    assert_eq!(
+        json["status"]["hardware"]["disks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        disks.len()
+    );
     let yaml = cli(&["get", "servers", "-o", "yaml"]);
-    assert!(yaml.contains("kind: List") && yaml.contains(&name), "{yaml}");
+    assert!(
+        yaml.contains("kind: List") && yaml.contains(&name),
+        "{yaml}"
+    );
 
     cli(&["accept", &name]);
     assert!(cli(&["get", "servers"]).contains("accepted"));
@@ -79,5 +118,8 @@ fn cli_reports_an_unreachable_server_clearly() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("connecting to the siderite server at 127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("connecting to the siderite server at 127.0.0.1:1"),
+        "{err}"
+    );
 }

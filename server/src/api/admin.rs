@@ -53,7 +53,11 @@ impl AdminService for AdminApi {
         &self,
         _req: Request<ListServersRequest>,
     ) -> Result<Response<ListServersResponse>, Status> {
-        let rows = self.store.list(SERVERS_PREFIX).await.map_err(store_status)?;
+        let rows = self
+            .store
+            .list(SERVERS_PREFIX)
+            .await
+            .map_err(store_status)?;
         let mut servers = Vec::with_capacity(rows.len());
         for (key, v) in rows {
             match model::decode(&v.value, v.revision) {
@@ -119,13 +123,19 @@ impl AdminService for AdminApi {
             let st = s.status.unwrap_or_default();
             let mut index_keys = vec![uuid_index_key(&st.smbios_uuid)];
             if let Some(hw) = &st.hardware {
-                index_keys.extend(hw.nics.iter().map(|n| mac_index_key(&n.mac.to_ascii_lowercase())));
+                index_keys.extend(
+                    hw.nics
+                        .iter()
+                        .map(|n| mac_index_key(&n.mac.to_ascii_lowercase())),
+                );
             }
             // Only indexes that still point at this server are removed.
             for k in index_keys {
                 if let Some(ix) = self.store.get(&k).await.map_err(store_status)? {
                     if ix.value == name.as_bytes() {
-                        txn = txn.require(Precondition::At(k.clone(), ix.revision)).delete(k);
+                        txn = txn
+                            .require(Precondition::At(k.clone(), ix.revision))
+                            .delete(k);
                     }
                 }
             }

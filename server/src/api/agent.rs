@@ -46,7 +46,11 @@ impl AgentService for AgentApi {
             tracing::info!(peer = ?peer, error = %e, "registration refused");
             register_status(e)
         })?;
-        let r = self.registry.register(&v, peer).await.map_err(register_status)?;
+        let r = self
+            .registry
+            .register(&v, peer)
+            .await
+            .map_err(register_status)?;
         tracing::info!(server_id = %r.server_id, created = r.created, issued = r.identity_issued, "registered");
         Ok(Response::new(RegisterResponse {
             server_id: r.server_id.to_string(),
@@ -70,7 +74,9 @@ impl AgentService for AgentApi {
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("session closed before hello"))?;
         let Some(agent_message::Msg::Hello(hello)) = first.msg else {
-            return Err(Status::invalid_argument("the first session message must be hello"));
+            return Err(Status::invalid_argument(
+                "the first session message must be hello",
+            ));
         };
         let id: ServerId = hello
             .server_id

@@ -22,7 +22,11 @@ pub enum Output {
 }
 
 pub async fn client(addr: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let channel = tonic::transport::Endpoint::from_shared(url)
         .with_context(|| format!("invalid server address {addr:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -50,7 +54,12 @@ pub async fn get_servers(addr: &str, output: Output) -> anyhow::Result<String> {
 
 pub async fn get_server(addr: &str, name: &str, output: Output) -> anyhow::Result<String> {
     let s = fetch(addr, name).await?;
-    render_servers(std::slice::from_ref(&s), false, output, time::OffsetDateTime::now_utc())
+    render_servers(
+        std::slice::from_ref(&s),
+        false,
+        output,
+        time::OffsetDateTime::now_utc(),
+    )
 }
 
 async fn fetch(addr: &str, name: &str) -> anyhow::Result<Server> {
@@ -96,7 +105,13 @@ fn compact(items: Vec<String>, show: usize) -> String {
 }
 
 fn disks_cell(hw: &Hardware) -> String {
-    compact(hw.disks.iter().map(|d| format!("{}:{}", d.name, bytes(d.size_bytes))).collect(), 4)
+    compact(
+        hw.disks
+            .iter()
+            .map(|d| format!("{}:{}", d.name, bytes(d.size_bytes)))
+            .collect(),
+        4,
+    )
 }
 
 fn nics_cell(hw: &Hardware) -> String {
@@ -104,32 +119,63 @@ fn nics_cell(hw: &Hardware) -> String {
         hw.nics
             .iter()
             .filter(|n| !n.r#virtual)
-            .map(|n| format!("{}:{}", n.name, if n.driver_bound { n.driver.as_str() } else { "no-driver" }))
+            .map(|n| {
+                format!(
+                    "{}:{}",
+                    n.name,
+                    if n.driver_bound {
+                        n.driver.as_str()
+                    } else {
+                        "no-driver"
+                    }
+                )
+            })
             .collect(),
         4,
     )
 }
 
 /// Renders servers; `as_list` gives JSON/YAML a kubectl-style `List` even for one item.
-pub fn render_servers(servers: &[Server], as_list: bool, output: Output, now: time::OffsetDateTime) -> anyhow::Result<String> {
+pub fn render_servers(
+    servers: &[Server],
+    as_list: bool,
+    output: Output,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<String> {
     let single = (!as_list && servers.len() == 1).then(|| &servers[0]);
     match output {
         Output::Json => {
             let v = if let Some(one) = single {
                 serde_json::to_string_pretty(one)?
             } else {
-                serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}),
+                )?
             };
             Ok(v + "\n")
         }
         Output::Yaml => Ok(if let Some(one) = single {
             serde_yaml_ng::to_string(one)?
         } else {
-            serde_yaml_ng::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}))?
+            serde_yaml_ng::to_string(
+                &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": servers}),
+            )?
         }),
         Output::Table | Output::Wide => {
             let wide = output == Output::Wide;
-            let mut header = vec!["NAME", "ACCEPTED", "PHASE", "CONNECTED", "MANUFACTURER", "PRODUCT", "CPUS", "MEMORY", "DISKS", "NICS", "AGE"];
+            let mut header = vec![
+                "NAME",
+                "ACCEPTED",
+                "PHASE",
+                "CONNECTED",
+                "MANUFACTURER",
+                "PRODUCT",
+                "CPUS",
+                "MEMORY",
+                "DISKS",
+                "NICS",
+                "AGE",
+            ];
             if wide {
                 header.extend(["SERIAL", "MACS", "ADDRESS", "IDENTITY"]);
             }
@@ -142,7 +188,13 @@ pub fn render_servers(servers: &[Server], as_list: bool, output: Output, now: ti
                 let sys = hw.system.clone().unwrap_or_default();
                 let cpu = hw.cpu.clone().unwrap_or_default();
                 let mem = hw.memory.clone().unwrap_or_default();
-                let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+                let or_none = |s: &str| {
+                    if s.is_empty() {
+                        "<none>".to_string()
+                    } else {
+                        s.to_string()
+                    }
+                };
                 let mut row = vec![
                     meta.name.clone(),
                     spec.accepted.to_string(),
@@ -157,9 +209,25 @@ pub fn render_servers(servers: &[Server], as_list: bool, output: Output, now: ti
                     age(&meta.creation_timestamp, now),
                 ];
                 if wide {
-                    let macs = compact(hw.nics.iter().filter(|n| !n.r#virtual).map(|n| n.mac.clone()).collect(), 4);
-                    let identity = if st.identity_issued { "issued" } else { "smbios" };
-                    row.extend([or_none(&sys.serial), macs, or_none(&st.peer_address), identity.to_string()]);
+                    let macs = compact(
+                        hw.nics
+                            .iter()
+                            .filter(|n| !n.r#virtual)
+                            .map(|n| n.mac.clone())
+                            .collect(),
+                        4,
+                    );
+                    let identity = if st.identity_issued {
+                        "issued"
+                    } else {
+                        "smbios"
+                    };
+                    row.extend([
+                        or_none(&sys.serial),
+                        macs,
+                        or_none(&st.peer_address),
+                        identity.to_string(),
+                    ]);
                 }
                 t.row(row);
             }
@@ -179,39 +247,94 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
         let _ = writeln!(o, "{:<18}{}", format!("{k}:"), v);
     };
     kv("Name", meta.name.clone());
-    kv("Created", format!("{} ({} ago)", meta.creation_timestamp, age(&meta.creation_timestamp, now)));
+    kv(
+        "Created",
+        format!(
+            "{} ({} ago)",
+            meta.creation_timestamp,
+            age(&meta.creation_timestamp, now)
+        ),
+    );
     kv("Resource version", meta.resource_version.to_string());
     kv("Accepted", spec.accepted.to_string());
     kv("Cordoned", spec.cordoned.to_string());
     kv("Phase", st.phase.clone());
     kv("Connected", st.connected.to_string());
-    kv("SMBIOS UUID", if st.smbios_uuid.is_empty() { "<none>".into() } else { st.smbios_uuid.clone() });
+    kv(
+        "SMBIOS UUID",
+        if st.smbios_uuid.is_empty() {
+            "<none>".into()
+        } else {
+            st.smbios_uuid.clone()
+        },
+    );
     kv(
         "Identity",
-        if st.identity_issued { format!("issued by the server: {}", st.identity_reason) } else { "SMBIOS UUID".into() },
+        if st.identity_issued {
+            format!("issued by the server: {}", st.identity_reason)
+        } else {
+            "SMBIOS UUID".into()
+        },
     );
-    kv("Agent", format!("{} (boot {})", st.agent_version, st.boot_id));
+    kv(
+        "Agent",
+        format!("{} (boot {})", st.agent_version, st.boot_id),
+    );
     kv("Address", st.peer_address.clone());
     kv("First seen", st.first_seen.clone());
-    kv("Last seen", format!("{} ({} registrations)", st.last_seen, st.registrations));
+    kv(
+        "Last seen",
+        format!("{} ({} registrations)", st.last_seen, st.registrations),
+    );
     if let Some(sys) = &hw.system {
-        kv("System", format!("{} {} {} (serial {}, sku {}, family {})", sys.manufacturer, sys.product, sys.version, sys.serial, sys.sku, sys.family));
+        kv(
+            "System",
+            format!(
+                "{} {} {} (serial {}, sku {}, family {})",
+                sys.manufacturer, sys.product, sys.version, sys.serial, sys.sku, sys.family
+            ),
+        );
     } else {
         kv("System", "<no SMBIOS>".into());
     }
     if let Some(b) = &hw.baseboard {
-        kv("Baseboard", format!("{} {} {} (serial {})", b.manufacturer, b.product, b.version, b.serial));
+        kv(
+            "Baseboard",
+            format!(
+                "{} {} {} (serial {})",
+                b.manufacturer, b.product, b.version, b.serial
+            ),
+        );
     }
     if let Some(c) = &hw.chassis {
-        kv("Chassis", format!("{} {} (serial {})", c.manufacturer, c.chassis_type, c.serial));
+        kv(
+            "Chassis",
+            format!(
+                "{} {} (serial {})",
+                c.manufacturer, c.chassis_type, c.serial
+            ),
+        );
     }
     if let Some(b) = &hw.bios {
-        kv("BIOS", format!("{} {} ({})", b.vendor, b.version, b.release_date));
+        kv(
+            "BIOS",
+            format!("{} {} ({})", b.vendor, b.version, b.release_date),
+        );
     }
     if let Some(f) = &hw.firmware {
-        kv("Boot mode", format!("{} (secure boot {})", f.boot_mode, if f.secure_boot { "on" } else { "off" }));
+        kv(
+            "Boot mode",
+            format!(
+                "{} (secure boot {})",
+                f.boot_mode,
+                if f.secure_boot { "on" } else { "off" }
+            ),
+        );
     }
-    kv("Kernel", format!("{} {} (hostname {})", hw.kernel, hw.arch, hw.hostname));
+    kv(
+        "Kernel",
+        format!("{} {} (hostname {})", hw.kernel, hw.arch, hw.hostname),
+    );
     if let Some(c) = &hw.cpu {
         kv(
             "CPU",
@@ -221,15 +344,32 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
                 c.sockets,
                 c.cores,
                 c.threads,
-                if c.virtualization { ", virtualization" } else { "" }
+                if c.virtualization {
+                    ", virtualization"
+                } else {
+                    ""
+                }
             ),
         );
     }
     if let Some(m) = &hw.memory {
-        kv("Memory", format!("{} in {} modules", bytes(m.total_bytes), m.modules.len()));
+        kv(
+            "Memory",
+            format!("{} in {} modules", bytes(m.total_bytes), m.modules.len()),
+        );
     }
     let _ = writeln!(o, "\nDisks:");
-    let mut t = Table::new(["NAME", "SIZE", "BUS", "TYPE", "MODEL", "SERIAL", "WWN", "FLAGS", "SIGNATURES"]);
+    let mut t = Table::new([
+        "NAME",
+        "SIZE",
+        "BUS",
+        "TYPE",
+        "MODEL",
+        "SERIAL",
+        "WWN",
+        "FLAGS",
+        "SIGNATURES",
+    ]);
     for d in &hw.disks {
         let mut flags = Vec::new();
         if d.removable {
@@ -255,15 +395,35 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
     }
     indent(&mut o, &t.render());
     let _ = writeln!(o, "\nNICs:");
-    let mut t = Table::new(["NAME", "MAC", "DRIVER", "PCI", "STATE", "SPEED", "ADDRESSES"]);
+    let mut t = Table::new([
+        "NAME",
+        "MAC",
+        "DRIVER",
+        "PCI",
+        "STATE",
+        "SPEED",
+        "ADDRESSES",
+    ]);
     for n in &hw.nics {
         t.row(vec![
             n.name.clone(),
             n.mac.clone(),
-            if n.driver_bound { n.driver.clone() } else { "<no driver bound>".into() },
-            if n.pci_address.is_empty() { String::new() } else { format!("{} [{}:{}]", n.pci_address, n.pci_vendor, n.pci_device) },
+            if n.driver_bound {
+                n.driver.clone()
+            } else {
+                "<no driver bound>".into()
+            },
+            if n.pci_address.is_empty() {
+                String::new()
+            } else {
+                format!("{} [{}:{}]", n.pci_address, n.pci_vendor, n.pci_device)
+            },
             n.operstate.clone(),
-            if n.speed_mbps > 0 { format!("{}Mb/s", n.speed_mbps) } else { String::new() },
+            if n.speed_mbps > 0 {
+                format!("{}Mb/s", n.speed_mbps)
+            } else {
+                String::new()
+            },
             n.addresses.join(","),
         ]);
     }
@@ -278,7 +438,12 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
     let _ = writeln!(o, "\nConditions:");
     let mut t = Table::new(["TYPE", "STATUS", "REASON", "MESSAGE"]);
     for c in &st.conditions {
-        t.row(vec![c.r#type.clone(), c.status.clone(), c.reason.clone(), c.message.clone()]);
+        t.row(vec![
+            c.r#type.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+        ]);
     }
     indent(&mut o, &t.render());
     let _ = writeln!(o, "\nEvents:");
@@ -312,23 +477,60 @@ mod tests {
                 resource_version: 7,
                 ..Default::default()
             }),
-            spec: Some(ServerSpec { accepted: false, cordoned: false }),
+            spec: Some(ServerSpec {
+                accepted: false,
+                cordoned: false,
+            }),
             status: Some(ServerStatus {
                 phase: "discovered".into(),
                 connected: true,
                 smbios_uuid: "5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e".into(),
                 peer_address: "10.0.0.5:40000".into(),
                 hardware: Some(Hardware {
-                    system: Some(System { manufacturer: "QEMU".into(), product: "Standard PC".into(), serial: "S1".into(), ..Default::default() }),
-                    cpu: Some(Cpu { threads: 2, ..Default::default() }),
-                    memory: Some(Memory { total_bytes: 1 << 30, modules: vec![] }),
+                    system: Some(System {
+                        manufacturer: "QEMU".into(),
+                        product: "Standard PC".into(),
+                        serial: "S1".into(),
+                        ..Default::default()
+                    }),
+                    cpu: Some(Cpu {
+                        threads: 2,
+                        ..Default::default()
+                    }),
+                    memory: Some(Memory {
+                        total_bytes: 1 << 30,
+                        modules: vec![],
+                    }),
                     disks: vec![
-                        BlockDevice { name: "vda".into(), size_bytes: 10 << 30, bus: "virtio".into(), ..Default::default() },
-                        BlockDevice { name: "nvme0n1".into(), size_bytes: 4 << 30, bus: "nvme".into(), ..Default::default() },
+                        BlockDevice {
+                            name: "vda".into(),
+                            size_bytes: 10 << 30,
+                            bus: "virtio".into(),
+                            ..Default::default()
+                        },
+                        BlockDevice {
+                            name: "nvme0n1".into(),
+                            size_bytes: 4 << 30,
+                            bus: "nvme".into(),
+                            ..Default::default()
+                        },
                     ],
                     nics: vec![
-                        Nic { name: "ens3".into(), mac: "52:54:00:00:00:01".into(), driver: "e1000".into(), driver_bound: true, ..Default::default() },
-                        Nic { name: "ens4".into(), mac: "52:54:00:00:00:02".into(), pci_address: "0000:00:04.0".into(), pci_vendor: "8086".into(), pci_device: "10d3".into(), ..Default::default() },
+                        Nic {
+                            name: "ens3".into(),
+                            mac: "52:54:00:00:00:01".into(),
+                            driver: "e1000".into(),
+                            driver_bound: true,
+                            ..Default::default()
+                        },
+                        Nic {
+                            name: "ens4".into(),
+                            mac: "52:54:00:00:00:02".into(),
+                            pci_address: "0000:00:04.0".into(),
+                            pci_vendor: "8086".into(),
+                            pci_device: "10d3".into(),
+                            ..Default::default()
+                        },
                     ],
                     ..Default::default()
                 }),
@@ -347,27 +549,46 @@ NAME                                   ACCEPTED   PHASE        CONNECTED   MANUF
 ";
         assert_eq!(out, want, "\n{out}");
         let wide = render_servers(&[sample()], true, Output::Wide, now).unwrap();
-        assert!(wide.lines().next().unwrap().ends_with("SERIAL   MACS                                  ADDRESS          IDENTITY"), "{wide}");
-        assert!(wide.contains("52:54:00:00:00:01,52:54:00:00:00:02   10.0.0.5:40000   smbios"), "{wide}");
+        assert!(
+            wide.lines().next().unwrap().ends_with(
+                "SERIAL   MACS                                  ADDRESS          IDENTITY"
+            ),
+            "{wide}"
+        );
+        assert!(
+            wide.contains("52:54:00:00:00:01,52:54:00:00:00:02   10.0.0.5:40000   smbios"),
+            "{wide}"
+        );
     }
 
     #[test]
     fn describe_shows_the_undriven_nic_with_pci_ids() {
         let now = time::macros::datetime!(2026-01-01 00:02 UTC);
         let out = describe(&sample(), now);
-        assert!(out.contains("<no driver bound>   0000:00:04.0 [8086:10d3]"), "{out}");
-        assert!(out.starts_with("Name:             5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e\n"), "{out}");
+        assert!(
+            out.contains("<no driver bound>   0000:00:04.0 [8086:10d3]"),
+            "{out}"
+        );
+        assert!(
+            out.starts_with("Name:             5c1a3d4e-8f2b-4a6c-9d0e-1f2a3b4c5d6e\n"),
+            "{out}"
+        );
         assert!(out.contains("Identity:         SMBIOS UUID"), "{out}");
     }
 
     #[test]
     fn json_and_yaml_are_resource_shaped() {
         let now = time::macros::datetime!(2026-01-01 00:02 UTC);
-        let json: serde_json::Value = serde_json::from_str(&render_servers(&[sample()], false, Output::Json, now).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render_servers(&[sample()], false, Output::Json, now).unwrap())
+                .unwrap();
         assert_eq!(json["apiVersion"], crate::model::API_VERSION);
         assert_eq!(json["kind"], "Server");
         assert_eq!(json["metadata"]["resourceVersion"], 7);
-        assert_eq!(json["status"]["hardware"]["disks"][0]["sizeBytes"], 10u64 << 30);
+        assert_eq!(
+            json["status"]["hardware"]["disks"][0]["sizeBytes"],
+            10u64 << 30
+        );
         let yaml = render_servers(&[sample()], true, Output::Yaml, now).unwrap();
         assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
     }

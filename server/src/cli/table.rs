@@ -62,7 +62,10 @@ pub fn bytes(n: u64) -> String {
 
 /// Age like kubectl: 45s, 12m, 5h, 3d.
 pub fn age(since_rfc3339: &str, now: time::OffsetDateTime) -> String {
-    let Ok(t) = time::OffsetDateTime::parse(since_rfc3339, &time::format_description::well_known::Rfc3339) else {
+    let Ok(t) = time::OffsetDateTime::parse(
+        since_rfc3339,
+        &time::format_description::well_known::Rfc3339,
+    ) else {
         return "<unknown>".into();
     };
     let s = (now - t).whole_seconds().max(0);

@@ -39,7 +39,9 @@ fn encode(rev: Revision, value: &[u8]) -> Vec<u8> {
 
 fn decode(raw: &[u8]) -> Result<Versioned, StoreError> {
     if raw.len() < 8 {
-        return Err(StoreError::Io("corrupt record: shorter than its revision".into()));
+        return Err(StoreError::Io(
+            "corrupt record: shorter than its revision".into(),
+        ));
     }
     let (rev, value) = raw.split_at(8);
     Ok(Versioned {
@@ -56,7 +58,8 @@ impl EmbeddedStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(dir.join("siderite.redb")).map_err(|e| open_err(e.to_string()))?;
+        let db =
+            Database::create(dir.join("siderite.redb")).map_err(|e| open_err(e.to_string()))?;
         let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {
             w.open_table(KV).map_err(|e| open_err(e.to_string()))?;
@@ -122,12 +125,20 @@ fn commit_batch<'a>(
     {
         let mut kv = w.open_table(KV).map_err(io)?;
         let mut meta = w.open_table(META).map_err(io)?;
-        let mut rev = meta.get(REVISION).map_err(io)?.map(|g| g.value()).unwrap_or(0);
+        let mut rev = meta
+            .get(REVISION)
+            .map_err(io)?
+            .map(|g| g.value())
+            .unwrap_or(0);
         let start = rev;
         for txn in txns {
             let mut conflict = None;
             for p in &txn.preconditions {
-                let current = kv.get(p.key()).map_err(io)?.map(|g| decode(g.value())).transpose()?;
+                let current = kv
+                    .get(p.key())
+                    .map_err(io)?
+                    .map(|g| decode(g.value()))
+                    .transpose()?;
                 let ok = match (p, &current) {
                     (Precondition::Absent(_), None) => true,
                     (Precondition::At(_, want), Some(v)) => v.revision == *want,
@@ -146,7 +157,8 @@ fn commit_batch<'a>(
             for op in &txn.ops {
                 match op {
                     Op::Put(k, v) => {
-                        kv.insert(k.as_str(), encode(rev, v).as_slice()).map_err(io)?;
+                        kv.insert(k.as_str(), encode(rev, v).as_slice())
+                            .map_err(io)?;
                     }
                     Op::Delete(k) => {
                         kv.remove(k.as_str()).map_err(io)?;
@@ -170,7 +182,10 @@ impl Store for EmbeddedStore {
         self.read(move |db| {
             let r = db.begin_read().map_err(io)?;
             let kv = r.open_table(KV).map_err(io)?;
-            kv.get(key.as_str()).map_err(io)?.map(|g| decode(g.value())).transpose()
+            kv.get(key.as_str())
+                .map_err(io)?
+                .map(|g| decode(g.value()))
+                .transpose()
         })
         .await
     }

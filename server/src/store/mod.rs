@@ -106,12 +106,24 @@ pub(crate) mod suite {
 
     pub async fn cas_and_atomicity(store: &dyn Store) {
         let out = store
-            .txn(Txn::new().require(Precondition::Absent("a".into())).put("a", b"1".to_vec()))
+            .txn(
+                Txn::new()
+                    .require(Precondition::Absent("a".into()))
+                    .put("a", b"1".to_vec()),
+            )
             .await
             .unwrap();
-        let TxnOutcome::Committed(r1) = out else { panic!("{out:?}") };
+        let TxnOutcome::Committed(r1) = out else {
+            panic!("{out:?}")
+        };
         let a = store.get("a").await.unwrap().unwrap();
-        assert_eq!(a, Versioned { value: b"1".to_vec(), revision: r1 });
+        assert_eq!(
+            a,
+            Versioned {
+                value: b"1".to_vec(),
+                revision: r1
+            }
+        );
 
         // A second create of the same key conflicts and writes nothing, not even its other ops.
         let out = store
@@ -128,19 +140,43 @@ pub(crate) mod suite {
 
         // Update at the read revision wins once; a stale revision loses.
         let out = store
-            .txn(Txn::new().require(Precondition::At("a".into(), r1)).put("a", b"3".to_vec()))
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("a".into(), r1))
+                    .put("a", b"3".to_vec()),
+            )
             .await
             .unwrap();
-        let TxnOutcome::Committed(r2) = out else { panic!("{out:?}") };
+        let TxnOutcome::Committed(r2) = out else {
+            panic!("{out:?}")
+        };
         assert!(r2 > r1);
         let stale = store
-            .txn(Txn::new().require(Precondition::At("a".into(), r1)).put("a", b"4".to_vec()))
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("a".into(), r1))
+                    .put("a", b"4".to_vec()),
+            )
             .await
             .unwrap();
         assert_eq!(stale, TxnOutcome::Conflict("a".into()));
 
-        store.txn(Txn::new().put("p/1", vec![1]).put("p/2", vec![2]).put("q", vec![3])).await.unwrap();
-        let listed: Vec<String> = store.list("p/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+        store
+            .txn(
+                Txn::new()
+                    .put("p/1", vec![1])
+                    .put("p/2", vec![2])
+                    .put("q", vec![3]),
+            )
+            .await
+            .unwrap();
+        let listed: Vec<String> = store
+            .list("p/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(listed, vec!["p/1".to_string(), "p/2".to_string()]);
 
         store.txn(Txn::new().delete("p/1")).await.unwrap();
@@ -152,9 +188,13 @@ pub(crate) mod suite {
         for i in 0..32u8 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                s.txn(Txn::new().require(Precondition::Absent("claim".into())).put("claim", vec![i]))
-                    .await
-                    .unwrap()
+                s.txn(
+                    Txn::new()
+                        .require(Precondition::Absent("claim".into()))
+                        .put("claim", vec![i]),
+                )
+                .await
+                .unwrap()
             }));
         }
         let mut winners = 0;
