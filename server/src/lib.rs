@@ -4,9 +4,13 @@
 pub mod accept;
 pub mod api;
 pub mod bench;
+pub mod boot;
 pub mod cli;
+pub mod configpatch;
+pub mod environment;
 pub mod fake;
 pub mod http;
+pub mod lifecycle;
 pub mod model;
 pub mod registry;
 pub mod serve;

@@ -1,0 +1,6 @@
+//! Network boot services: what a machine talks to before the agent runs.
+pub mod assets;
+pub mod dhcp;
+pub mod ipxe;
+pub mod tftp;
+pub mod tftp_bench;
