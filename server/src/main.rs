@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use siderite_server::accept::AutoAccept;
+use siderite_server::boot::dhcp::ModeConfig;
+use siderite_server::boot::service::BootConfig;
 use siderite_server::cli::{self, Output};
 use siderite_server::serve::{self, Deps, ServeConfig};
 
@@ -46,6 +48,31 @@ enum Cmd {
         /// Do not serve HTTP.
         #[arg(long)]
         no_http: bool,
+        /// Run the network boot services, booting machines into this agent image
+        /// (the directory `siderite-image build --out` wrote).
+        #[arg(long)]
+        boot_image: Option<PathBuf>,
+        /// Boot HTTP (iPXE scripts and Environment assets).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        boot_http_listen: SocketAddr,
+        /// HOST:PORT machines use for boot HTTP when their request has no Host header.
+        #[arg(long)]
+        boot_advertise: Option<String>,
+        /// TFTP for the iPXE binaries; "off" to skip.
+        #[arg(long, default_value = "0.0.0.0:69")]
+        tftp_listen: String,
+        /// Where undionly.kpxe and ipxe.efi are (Debian's ipxe package).
+        #[arg(long, default_value = "/usr/lib/ipxe")]
+        ipxe_dir: PathBuf,
+        /// proxy: answer only PXE clients, next to the site's DHCP server; off: no DHCP.
+        #[arg(long, default_value = "proxy")]
+        dhcp: String,
+        /// Answer DHCP only on this interface (repeatable; all when absent).
+        #[arg(long)]
+        boot_interface: Vec<String>,
+        /// Extra kernel argument for the agent (repeatable).
+        #[arg(long, default_values_t = vec!["siderite.insecure".to_string()])]
+        agent_arg: Vec<String>,
     },
     /// List resources.
     Get {
@@ -132,13 +159,44 @@ fn main() -> anyhow::Result<()> {
                 auto_accept,
                 addr_file,
                 no_http,
+                boot_image,
+                boot_http_listen,
+                boot_advertise,
+                tftp_listen,
+                ipxe_dir,
+                dhcp,
+                boot_interface,
+                agent_arg,
             } => {
+                let boot = match boot_image {
+                    None => None,
+                    Some(image_dir) => Some(BootConfig {
+                        image_dir,
+                        http_listen: boot_http_listen,
+                        advertise: boot_advertise.unwrap_or_else(|| boot_http_listen.to_string()),
+                        tftp_listen: match tftp_listen.as_str() {
+                            "off" => None,
+                            a => Some(a.parse().map_err(|_| {
+                                anyhow::anyhow!("--tftp-listen {a:?}: expected ADDR:PORT or off")
+                            })?),
+                        },
+                        ipxe_dir,
+                        dhcp: match dhcp.as_str() {
+                            "proxy" => Some(ModeConfig::Proxy),
+                            "off" => None,
+                            other => anyhow::bail!("--dhcp {other:?}: expected proxy or off"),
+                        },
+                        interfaces: boot_interface,
+                        agent_args: agent_arg,
+                    }),
+                };
                 let config = ServeConfig {
                     data_dir,
                     listen,
                     http_listen: if no_http { None } else { http_listen },
                     auto_accept,
                     addr_file,
+                    boot,
                 };
                 let deps = Deps::embedded(&config)?;
                 serve::run(config, deps, shutdown_signal()).await?;

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub auto_accept: AutoAccept,
     /// Written with the bound gRPC address once listening (useful with port 0).
     pub addr_file: Option<PathBuf>,
+    /// Network boot services (ProxyDHCP, TFTP, HTTP iPXE); none to run without them.
+    pub boot: Option<crate::boot::service::BootConfig>,
 }
 
 /// The parts a running server is made of, for tests that embed one.
@@ -87,6 +89,12 @@ pub async fn run(
                 .await;
         }));
     }
+    let mut boot_tasks = Vec::new();
+    if let Some(boot) = config.boot.clone() {
+        boot_tasks =
+            crate::boot::service::start(boot, deps.store.clone(), local.port(), stop_rx.clone())
+                .await?;
+    }
     if let Some(path) = &config.addr_file {
         std::fs::write(path, local.to_string())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -101,6 +109,9 @@ pub async fn run(
     let result = grpc.await.context("gRPC server");
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    for t in boot_tasks {
         let _ = t.await;
     }
     result

@@ -34,6 +34,7 @@ impl InProcess {
             http_listen: Some("127.0.0.1:0".parse()?),
             auto_accept,
             addr_file: Some(addr_file.clone()),
+            boot: None,
         };
         let deps = Deps::embedded(&config)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,5 +1,6 @@
-//! A network made by a test: one namespace with a bridge, a plain DHCP server (dnsmasq,
-//! playing the site's DHCP) and tap devices for QEMU machines. Everything it creates is
+//! A network made by a test: one namespace with a bridge and tap devices for QEMU
+//! machines, and a second namespace on the same segment running a plain DHCP server
+//! (dnsmasq, playing the site's DHCP). Everything it creates is
 //! removed on drop, pass or fail. Needs root, iproute2 and dnsmasq; without them the
 //! constructor fails and says what is missing.
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub fn require_root() -> Result<()> {
 
 pub struct NetLab {
     pub ns: String,
+    /// The site DHCP server's namespace (dnsmasq at `<net>.2`).
+    pub site_ns: String,
     pub bridge: String,
     /// The bridge's address: where the siderite server listens.
     pub gateway: String,
@@ -59,13 +62,19 @@ impl NetLab {
         require_tool(&["/usr/bin/ip", "/sbin/ip", "/bin/ip"], "iproute2")?;
         let dnsmasq = require_tool(&["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"], "dnsmasq-base")?;
         let ns = format!("sdr-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &ns])?;
+        // The site's DHCP server lives on its own host (namespace) on the same segment,
+        // so it never shares port 67 with the siderite server under test.
+        let site = format!("{ns}-site");
+        for n in [&ns, &site] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+            ip(&["netns", "add", n])?;
+        }
         let mut lab = Self {
             ns: ns.clone(),
+            site_ns: site.clone(),
             bridge: "br0".into(),
             gateway: format!("{net}.1"),
             prefix: 24,
@@ -77,15 +86,25 @@ impl NetLab {
         lab.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         lab.exec(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", "br0"])?;
         lab.exec(&["ip", "link", "set", "br0", "up"])?;
+        lab.exec(&[
+            "ip", "link", "add", "site0", "type", "veth", "peer", "name", "eth0", "netns", &site,
+        ])?;
+        lab.exec(&["ip", "link", "set", "site0", "master", "br0"])?;
+        lab.exec(&["ip", "link", "set", "site0", "up"])?;
+        let in_site =
+            |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &site]).args(args));
+        in_site(&["ip", "link", "set", "lo", "up"])?;
+        in_site(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", "eth0"])?;
+        in_site(&["ip", "link", "set", "eth0", "up"])?;
         let leases = lab.dir.path().join("dnsmasq.leases");
         let log = std::fs::File::create(lab.dir.path().join("dnsmasq.log"))?;
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns])
+            .args(["netns", "exec", &site])
             .arg(dnsmasq)
             .args([
                 "--no-daemon",
                 "--port=0",
-                "--interface=br0",
+                "--interface=eth0",
                 "--bind-interfaces",
                 "--log-dhcp",
                 &format!("--dhcp-range={net}.100,{net}.199,255.255.255.0,2m"),

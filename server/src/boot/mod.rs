@@ -2,5 +2,6 @@
 pub mod assets;
 pub mod dhcp;
 pub mod ipxe;
+pub mod service;
 pub mod tftp;
 pub mod tftp_bench;

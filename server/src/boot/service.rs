@@ -1,0 +1,172 @@
+//! The network boot services as one unit inside `siderite serve`: ProxyDHCP (or full
+//! DHCP), TFTP for the iPXE binaries, and HTTP for the iPXE scripts and the verified
+//! Environment assets. The per-machine decision comes from the store.
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use siderite::SmbiosUuid;
+
+use super::dhcp::{self, DhcpConfig, ModeConfig};
+use super::ipxe::{self, BootDecider, BootDecision, BootHttpConfig, BootHttpState};
+use super::tftp::{self, DirSource, TftpConfig};
+use crate::environment::{Arch, Environment, Environments, LocalFileFetcher, AGENT_ENVIRONMENT};
+use crate::model::{self, mac_index_key, server_key, uuid_index_key};
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// The agent boot image: `vmlinuz` and `initramfs.cpio.zst` (siderite-image build).
+    pub image_dir: PathBuf,
+    /// HTTP for `/boot.ipxe`, `/ipxe` and `/assets`.
+    pub http_listen: SocketAddr,
+    /// Where machines reach the HTTP server when a request has no usable Host header.
+    pub advertise: String,
+    /// TFTP (port 69) serving `ipxe_dir`; none to skip.
+    pub tftp_listen: Option<SocketAddr>,
+    /// Debian's `ipxe` package puts undionly.kpxe and ipxe.efi here.
+    pub ipxe_dir: PathBuf,
+    /// ProxyDHCP (or full DHCP); none to skip.
+    pub dhcp: Option<ModeConfig>,
+    /// Only answer DHCP on these interfaces (all when empty).
+    pub interfaces: Vec<String>,
+    /// Extra kernel arguments for the agent (e.g. `siderite.insecure`).
+    pub agent_args: Vec<String>,
+}
+
+/// Decides per machine from what the store knows: installed machines boot their disk,
+/// everything else (new, discovered, wiping...) boots the agent.
+pub struct StoreDecider {
+    pub store: Arc<dyn Store>,
+}
+
+impl StoreDecider {
+    async fn phase_of(&self, index_key: String) -> Option<String> {
+        let ix = self.store.get(&index_key).await.ok()??;
+        let id = String::from_utf8_lossy(&ix.value).to_string();
+        let v = self.store.get(&server_key(&id)).await.ok()??;
+        let s = model::decode(&v.value, v.revision).ok()?;
+        Some(s.status.unwrap_or_default().phase)
+    }
+}
+
+#[async_trait::async_trait]
+impl BootDecider for StoreDecider {
+    async fn decide(
+        &self,
+        uuid: Option<SmbiosUuid>,
+        mac: Option<ipxe::MacAddr>,
+        _arch: Option<Arch>,
+    ) -> BootDecision {
+        let mut phase = None;
+        if let Some(u) = uuid.filter(|u| u.verdict() == siderite::UuidVerdict::Usable) {
+            phase = self.phase_of(uuid_index_key(&u.to_string())).await;
+        }
+        if phase.is_none() {
+            if let Some(m) = mac {
+                phase = self.phase_of(mac_index_key(&m.to_string())).await;
+            }
+        }
+        match phase.as_deref() {
+            None => BootDecision::Unknown,
+            Some("installed") => BootDecision::LocalDisk,
+            Some(_) => BootDecision::Agent {
+                env: AGENT_ENVIRONMENT.into(),
+                args: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Starts the boot services; they stop when `stop` turns true.
+pub async fn start(
+    config: BootConfig,
+    store: Arc<dyn Store>,
+    agent_api_port: u16,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let environments = Arc::new(Environments::new());
+    let agent = Environment::agent(&config.image_dir, config.agent_args.clone())
+        .await
+        .with_context(|| format!("the agent boot image in {}", config.image_dir.display()))?;
+    let status = environments.apply(agent, &LocalFileFetcher).await;
+    anyhow::ensure!(
+        status.ready,
+        "the agent Environment is not ready: {}",
+        status.reason
+    );
+
+    let advertise: ipxe::Authority = config
+        .advertise
+        .parse()
+        .with_context(|| format!("--boot-advertise {:?}", config.advertise))?;
+    let mut http = BootHttpConfig::new(advertise);
+    http.agent_api_port = Some(agent_api_port);
+    let router = ipxe::router(BootHttpState {
+        config: Arc::new(http),
+        decider: Arc::new(StoreDecider { store }),
+        environments,
+    });
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding boot HTTP {}", config.http_listen))?;
+    let http_port = listener.local_addr()?.port();
+    tracing::info!(addr = %listener.local_addr()?, "boot HTTP listening");
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    let rx = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(wait(rx))
+            .await
+        {
+            tracing::error!(error = %e, "boot HTTP stopped");
+        }
+    }));
+    if let Some(addr) = config.tftp_listen {
+        let source = Arc::new(
+            DirSource::new(&config.ipxe_dir)
+                .with_context(|| format!("TFTP root {}", config.ipxe_dir.display()))?,
+        );
+        let server = tftp::TftpServer::bind(
+            TftpConfig {
+                listen: addr,
+                ..Default::default()
+            },
+            source,
+        )
+        .await
+        .with_context(|| format!("binding TFTP {addr}"))?;
+        tracing::info!(addr = %server.local_addr(), root = %config.ipxe_dir.display(), "TFTP listening");
+        let rx = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.run(wait(rx)).await {
+                tracing::error!(error = %e, "TFTP stopped");
+            }
+        }));
+    }
+    if let Some(mode) = config.dhcp {
+        let dcfg = DhcpConfig {
+            listen: Ipv4Addr::UNSPECIFIED,
+            interfaces: config.interfaces.clone(),
+            http_port,
+            tftp: config.tftp_listen.is_some(),
+            mode,
+            ..Default::default()
+        };
+        let server = dhcp::DhcpServer::bind(dcfg)
+            .await
+            .context("binding DHCP (ports 67 and 4011)")?;
+        tracing::info!("ProxyDHCP listening on 67 and 4011");
+        let rx = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.run(wait(rx)).await {
+                tracing::error!(error = %e, "DHCP stopped");
+            }
+        }));
+    }
+    Ok(tasks)
+}
