@@ -1,47 +1,25 @@
 #!/usr/bin/env bash
-# The lab on one box: the siderite server plus this machine's own agent registering with
-# it, visible with the CLI. (QEMU machines join the lab with the network-boot work.)
-#   scripts/lab.sh up     install what is needed, build, start, show `siderite get servers`
-#   scripts/lab.sh down   stop everything the lab started
+# The lab: the siderite server plus QEMU machines (TCG) that PXE-boot into the agent and
+# register, all inside network namespaces on this box.
+#   scripts/lab.sh up [N] [bios|uefi]   install what is needed, build, start, list servers
+#   scripts/lab.sh down                 stop everything the lab started, remove what it made
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAB=${SIDERITE_LAB_DIR:-$PWD/lab}
-ADDR=127.0.0.1:7070
+cmd=${1:-up}
+if [ "$cmd" = down ]; then
+  exec target/debug/siderite lab down --dir lab/run
+fi
+[ "$cmd" = up ] || { echo "usage: $0 up [N] [bios|uefi] | down" >&2; exit 2; }
+MACHINES=${2:-2}
+FIRMWARE=${3:-bios}
 
-up() {
-  if [ "${SIDERITE_SKIP_SETUP:-0}" != 1 ]; then bash scripts/setup-debian.sh; fi
-  cargo build --release -p siderite-server -p siderite-agent
-  mkdir -p "$LAB"
-  down quiet
-  target/release/siderite serve --data-dir "$LAB/data" --listen "$ADDR" --http-listen 127.0.0.1:7071 \
-    --addr-file "$LAB/addr" >"$LAB/server.log" 2>&1 &
-  echo $! >"$LAB/server.pid"
-  for _ in $(seq 100); do [ -s "$LAB/addr" ] && break; sleep 0.1; done
-  [ -s "$LAB/addr" ] || { echo "server did not start; see $LAB/server.log" >&2; exit 1; }
-  target/release/siderite-agent run --server "$ADDR" >"$LAB/agent.log" 2>&1 &
-  echo $! >"$LAB/agent.pid"
-  for _ in $(seq 100); do grep -q "session open" "$LAB/agent.log" && break; sleep 0.1; done
-  echo "siderite server on $ADDR (logs: $LAB/server.log), local agent registered (logs: $LAB/agent.log)"
-  echo
-  target/release/siderite --server "$ADDR" get servers
-  echo
-  echo "Try: target/release/siderite describe server <NAME>; target/release/siderite accept <NAME>"
-  echo "Stop: scripts/lab.sh down"
-}
-
-down() {
-  for p in agent server; do
-    if [ -f "$LAB/$p.pid" ]; then
-      kill "$(cat "$LAB/$p.pid")" 2>/dev/null || true
-      rm -f "$LAB/$p.pid"
-    fi
-  done
-  rm -f "$LAB/addr"
-  [ "${1:-}" = quiet ] || echo "lab stopped (state kept in $LAB/data; remove it to start afresh)"
-}
-
-case "${1:-up}" in
-  up) up ;;
-  down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
-esac
+if [ "$(id -u)" != 0 ]; then echo "the lab needs root (namespaces, bridges, taps); run with sudo" >&2; exit 1; fi
+if [ "${SIDERITE_SKIP_SETUP:-0}" != 1 ]; then bash scripts/setup-debian.sh; fi
+cargo build -p siderite-server -p siderite-initramfs --bins
+bash scripts/build-agent.sh
+target/debug/siderite-image build --kernel-package linux-image-amd64 --out lab/image
+target/debug/siderite lab down --dir lab/run >/dev/null 2>&1 || true
+target/debug/siderite lab up --machines "$MACHINES" --firmware "$FIRMWARE" --image lab/image --dir lab/run
+echo
+echo "Next: export SIDERITE_SERVER=10.88.255.2:7070; target/debug/siderite describe server <NAME>"
+echo "Stop: scripts/lab.sh down"

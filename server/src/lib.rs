@@ -10,6 +10,7 @@ pub mod configpatch;
 pub mod environment;
 pub mod fake;
 pub mod http;
+pub mod lab;
 pub mod lifecycle;
 pub mod model;
 pub mod registry;

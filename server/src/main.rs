@@ -91,6 +91,11 @@ enum Cmd {
         #[command(subcommand)]
         what: DeleteWhat,
     },
+    /// A lab on this box: QEMU machines that PXE-boot into the agent and register.
+    Lab {
+        #[command(subcommand)]
+        what: LabWhat,
+    },
     /// Benchmarks with simulated agents over loopback.
     Bench {
         #[command(subcommand)]
@@ -116,6 +121,33 @@ enum DescribeWhat {
 #[derive(Subcommand)]
 enum DeleteWhat {
     Server { name: String },
+}
+
+#[derive(Subcommand)]
+enum LabWhat {
+    /// Create the lab network, start the server and N machines, wait until they register.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        machines: usize,
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: siderite_server::lab::Firmware,
+        /// The boot image (siderite-image build --out).
+        #[arg(long, default_value = "lab/image")]
+        image: PathBuf,
+        /// Where the lab keeps its state, disks, consoles and logs.
+        #[arg(long, default_value = "lab/run")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        memory_mib: u32,
+        /// Seconds to wait for every machine to register.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// Stop everything the lab started and remove what it made.
+    Down {
+        #[arg(long, default_value = "lab/run")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +251,30 @@ fn main() -> anyhow::Result<()> {
             Cmd::Delete {
                 what: DeleteWhat::Server { name },
             } => cli::delete_server(addr, &name).await?,
+            Cmd::Lab {
+                what:
+                    LabWhat::Up {
+                        machines,
+                        firmware,
+                        image,
+                        dir,
+                        memory_mib,
+                        wait,
+                    },
+            } => {
+                siderite_server::lab::up(siderite_server::lab::LabConfig {
+                    dir,
+                    image,
+                    machines,
+                    firmware,
+                    memory_mib,
+                    wait: std::time::Duration::from_secs(wait),
+                })
+                .await?
+            }
+            Cmd::Lab {
+                what: LabWhat::Down { dir },
+            } => siderite_server::lab::down(&dir)?,
             Cmd::Bench {
                 what:
                     BenchWhat::Register {
