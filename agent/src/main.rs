@@ -23,6 +23,14 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Wipe benchmark on file-backed disks under DIR: every mode side by side with dd,
+    /// fallocate --punch-hole and wipefs, and a fast wipe of 10 disks in parallel.
+    BenchWipe {
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+    },
     /// Register with the server and hold the session until stopped.
     Run {
         /// Server gRPC address, HOST:PORT. May be given more than once.
@@ -58,6 +66,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&hw)?);
             Ok(())
         }
+        Cmd::BenchWipe { dir, size_mb } => {
+            let work = tempfile_dir(&dir)?;
+            let report = siderite_agent::wipe::bench::bench(&work, size_mb);
+            let _ = std::fs::remove_dir_all(&work);
+            print!("{}", report?);
+            Ok(())
+        }
         Cmd::Run { server, root } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -76,6 +91,13 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// A fresh scratch directory under `dir` for the benchmark's disk images.
+fn tempfile_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let work = dir.join(format!("siderite-wipe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
 }
 
 /// PID 1: mounts and console first (logging needs them), then the command line, modules,
