@@ -28,6 +28,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server.
@@ -161,6 +163,25 @@ enum BenchWhat {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
+    /// A boot storm: simulated PXE machines doing DHCP + TFTP + HTTP for the agent image.
+    BootStorm {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// The boot image (siderite-image build --out).
+        #[arg(long, default_value = "target/test-boot-image")]
+        image: PathBuf,
+        #[arg(long, default_value = "/usr/lib/ipxe")]
+        ipxe_dir: PathBuf,
+    },
+    /// TFTP throughput of a file to K concurrent clients, ours against dnsmasq's.
+    Tftp {
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 30)]
+        file_mb: usize,
+    },
     /// Server memory with many agents holding sessions.
     Sessions {
         #[arg(long, default_value_t = 10_000)]
@@ -290,6 +311,20 @@ fn main() -> anyhow::Result<()> {
                         concurrency,
                     },
             } => siderite_server::bench::sessions(agents, concurrency).await?,
+            Cmd::Bench {
+                what:
+                    BenchWhat::BootStorm {
+                        clients,
+                        concurrency,
+                        image,
+                        ipxe_dir,
+                    },
+            } => {
+                siderite_server::boot::storm::storm(clients, &image, &ipxe_dir, concurrency).await?
+            }
+            Cmd::Bench {
+                what: BenchWhat::Tftp { clients, file_mb },
+            } => siderite_server::boot::tftp_bench::bench(clients, file_mb).await?,
         };
         print!("{out}");
         Ok(())

@@ -3,5 +3,6 @@ pub mod assets;
 pub mod dhcp;
 pub mod ipxe;
 pub mod service;
+pub mod storm;
 pub mod tftp;
 pub mod tftp_bench;
