@@ -19,7 +19,7 @@ use super::tftp::{DirSource, TftpConfig, TftpServer};
 pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const FILE: &str = "bench.img";
 const BLKSIZE: u16 = 1468;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Runs the comparison and returns the report to print.
 pub async fn bench(k: usize, file_mb: usize) -> anyhow::Result<String> {
@@ -36,47 +36,64 @@ pub async fn bench(k: usize, file_mb: usize) -> anyhow::Result<String> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        std::fs::set_permissions(dir.path().join(FILE), std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(
+            dir.path().join(FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
     }
     let content = Arc::new(content);
 
-    let ours = OurServer::start(dir.path(), k).await?;
+    // dnsmasq serves from one thread; the headline gives ours one runtime worker too.
+    // The two-worker line is how `siderite serve` runs on a two-core machine.
+    let ours_1 = OurServer::start(dir.path(), k, 1).await?;
+    let ours_2 = OurServer::start(dir.path(), k, 2).await?;
     let dnsmasq = Dnsmasq::start(dir.path(), k).await?;
+    let runs = [
+        (dnsmasq.version.clone(), dnsmasq.addr, 1u16),
+        ("siderite, 1 worker".to_string(), ours_1.addr, 1),
+        ("siderite, 1 worker".to_string(), ours_1.addr, 8),
+        ("siderite, 2 workers".to_string(), ours_2.addr, 1),
+    ];
 
-    let mut rates: [Vec<f64>; 3] = Default::default();
+    // Interleaved rounds, so a busy moment on the machine hits every server alike.
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut resent = [0u64; 4];
     for _ in 0..ROUNDS {
-        rates[0].push(run_clients(dnsmasq.addr, k, 1, &content).await.context("dnsmasq")?);
-        rates[1].push(run_clients(ours.addr, k, 1, &content).await.context("siderite, windowsize 1")?);
-        rates[2].push(run_clients(ours.addr, k, 8, &content).await.context("siderite, windowsize 8")?);
+        for (i, (name, addr, ws)) in runs.iter().enumerate() {
+            let (rate, dups) = run_clients(*addr, k, *ws, &content)
+                .await
+                .with_context(|| format!("{name}, windowsize {ws}"))?;
+            rates[i].push(rate);
+            resent[i] += dups;
+        }
     }
-    ours.stop().await;
-    let version = dnsmasq.version.clone();
+    ours_1.stop().await;
+    ours_2.stop().await;
     dnsmasq.stop().await;
 
-    let [d, o1, o8] = rates.map(|mut r| {
+    let medians = rates.each_mut().map(|r| {
         r.sort_by(f64::total_cmp);
-        let median = r[r.len() / 2];
-        (median, r)
+        r[r.len() / 2]
     });
     let mut out = format!(
         "TFTP: {file_mb} MiB file to {k} concurrent clients over loopback, blksize {BLKSIZE}, \
          median of {ROUNDS} rounds (MB = 10^6 bytes, all clients together)\n"
     );
-    for (name, ws, (median, all)) in [
-        (version.as_str(), 1, &d),
-        ("siderite", 1, &o1),
-        ("siderite", 8, &o8),
-    ] {
-        let rounds: Vec<String> = all.iter().map(|r| format!("{r:.1}")).collect();
+    for (i, (name, _, ws)) in runs.iter().enumerate() {
+        let all: Vec<String> = rates[i].iter().map(|r| format!("{r:.1}")).collect();
         out += &format!(
-            "  {name:<22} windowsize {ws}: {median:>8.1} MB/s   rounds: {}\n",
-            rounds.join(", ")
+            "  {name:<20} windowsize {ws}: {:>7.1} MB/s   rounds (sorted): {}; blocks resent: {}\n",
+            medians[i],
+            all.join(", "),
+            resent[i]
         );
     }
     out += &format!(
-        "  ratio siderite/dnsmasq, windowsize 1: {:.2}\n  ratio siderite/dnsmasq, siderite at windowsize 8: {:.2}\n",
-        o1.0 / d.0,
-        o8.0 / d.0
+        "  ratio siderite/dnsmasq, both windowsize 1: {:.2} (2 workers: {:.2})\n  \
+         ratio siderite at windowsize 8 / dnsmasq: {:.2}\n",
+        medians[1] / medians[0],
+        medians[3] / medians[0],
+        medians[2] / medians[0]
     );
     Ok(out)
 }
@@ -95,15 +112,16 @@ fn bench_file(len: usize) -> Vec<u8> {
     out
 }
 
-/// K clients at once; returns MB/s for all of them together. The first client keeps
-/// the file and checks it.
+/// K clients at once; returns MB/s for all of them together and how many blocks the
+/// clients saw twice (retransmissions). The first client keeps the file and checks it.
 async fn run_clients(
     server: SocketAddr,
     k: usize,
     windowsize: u16,
     content: &Arc<Vec<u8>>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, u64)> {
     let started = Instant::now();
+    let mut duplicates = 0;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..k {
         let opts = ClientOptions {
@@ -124,9 +142,10 @@ async fn run_clients(
         if !got.data.is_empty() && got.data != **content {
             bail!("a client got different content");
         }
+        duplicates += got.duplicates;
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok((k * content.len()) as f64 / secs / 1e6)
+    Ok(((k * content.len()) as f64 / secs / 1e6, duplicates))
 }
 
 /// Our server on its own runtime and threads, as dnsmasq is its own process.
@@ -137,7 +156,7 @@ struct OurServer {
 }
 
 impl OurServer {
-    async fn start(root: &Path, k: usize) -> anyhow::Result<Self> {
+    async fn start(root: &Path, k: usize, workers: usize) -> anyhow::Result<Self> {
         let source = Arc::new(DirSource::new(root)?);
         let config = TftpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -148,7 +167,7 @@ impl OurServer {
             ..TftpConfig::default()
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .thread_name("tftp-bench-server")
             .enable_all()
             .build()?;
@@ -186,6 +205,8 @@ struct Dnsmasq {
     child: tokio::process::Child,
     addr: SocketAddr,
     version: String,
+    /// Holds its pid file, outside the served directory.
+    _run_dir: tempfile::TempDir,
 }
 
 impl Dnsmasq {
@@ -204,13 +225,19 @@ impl Dnsmasq {
         let mut last_err = None;
         // A random loopback address, in case port 69 is taken on one.
         for _ in 0..3 {
-            let ip = Ipv4Addr::new(127, rand::random_range(1..=254), rand::random(), rand::random_range(1..=254));
+            let ip = Ipv4Addr::new(
+                127,
+                rand::random_range(1..=254),
+                rand::random(),
+                rand::random_range(1..=254),
+            );
             match Self::try_start(root, k, ip).await {
-                Ok(child) => {
+                Ok((child, run_dir)) => {
                     return Ok(Self {
                         child,
                         addr: SocketAddr::new(IpAddr::V4(ip), 69),
                         version,
+                        _run_dir: run_dir,
                     })
                 }
                 Err(e) => last_err = Some(e),
@@ -219,8 +246,13 @@ impl Dnsmasq {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("dnsmasq did not start")))
     }
 
-    async fn try_start(root: &Path, k: usize, ip: Ipv4Addr) -> anyhow::Result<tokio::process::Child> {
-        let pid_file = root.with_extension("dnsmasq.pid");
+    async fn try_start(
+        root: &Path,
+        k: usize,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<(tokio::process::Child, tempfile::TempDir)> {
+        let run_dir = tempfile::tempdir()?;
+        let pid_file = run_dir.path().join("dnsmasq.pid");
         let mut child = tokio::process::Command::new(DNSMASQ)
             .arg("--no-daemon")
             .arg("--conf-file=/dev/null")
@@ -253,12 +285,19 @@ impl Dnsmasq {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err).await;
                 }
-                bail!("dnsmasq exited ({status}) on {ip}:69 (needs root for port 69): {}", err.trim());
+                bail!(
+                    "dnsmasq exited ({status}) on {ip}:69 (needs root for port 69): {}",
+                    err.trim()
+                );
             }
             // Any TFTP answer (here: file not found) means it is serving.
             match fetch(server, "siderite-probe-missing", &probe).await {
-                Err(super::tftp::client::ClientError::Server { .. }) => return Ok(child),
-                _ if Instant::now() > deadline => bail!("dnsmasq on {ip}:69 did not answer TFTP within 10 s"),
+                Err(super::tftp::client::ClientError::Server { .. }) => {
+                    return Ok((child, run_dir))
+                }
+                _ if Instant::now() > deadline => {
+                    bail!("dnsmasq on {ip}:69 did not answer TFTP within 10 s")
+                }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -274,9 +313,12 @@ mod tests {
     /// A small run of the real comparison (dnsmasq must be installed, and root).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bench_runs_against_dnsmasq() {
-        let report = super::bench(2, 2).await.map_err(|e| format!("{e:#}")).unwrap();
+        let report = super::bench(2, 2)
+            .await
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
         eprintln!("{report}");
-        assert!(report.contains("ratio siderite/dnsmasq"));
-        assert_eq!(report.matches("MB/s").count(), 3);
+        assert!(report.contains("ratio siderite/dnsmasq, both windowsize 1"));
+        assert_eq!(report.matches("MB/s").count(), 4);
     }
 }

@@ -5,6 +5,13 @@
 //! ephemeral UDP socket (its TID), bounded in number overall and per client address.
 //! Files come from a [`FileSource`]: a directory ([`DirSource`]), memory
 //! ([`MemSource`]) or both ([`Layered`]).
+//!
+//! Known limits: a transfer socket is connected to its client, so strays from other
+//! ports are dropped by the kernel rather than answered with ERROR 5; on a wildcard
+//! listen address the reply's source address is the route's choice (bind the boot
+//! interface's address on multi-homed hosts); like any TFTP server, a spoofed RRQ
+//! makes it send a block (and its retransmissions) to the spoofed address, which the
+//! per-address session limit bounds.
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -139,7 +146,11 @@ impl TftpServer {
             source: self.source,
             stop: stop_rx,
             admission: Arc::new(Mutex::new(Admission::default())),
-            logs: Arc::new(LogBudget::new(20)),
+            logs: Arc::new(LogBudget::new(
+                20,
+                "log lines about refused or failed TFTP requests",
+            )),
+            replies: LogBudget::new(200, "TFTP error replies from the listening port"),
             tasks: JoinSet::new(),
         };
         // RRQs are at most 512 bytes; a larger datagram is still read far enough to refuse.
@@ -179,14 +190,16 @@ impl TftpServer {
 struct Admission {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    /// The RRQ that started each running transfer, by client TID.
-    active: HashMap<SocketAddr, Vec<u8>>,
+    /// The RRQ that started each running transfer (and the transfer's id), by client TID.
+    active: HashMap<SocketAddr, (u64, Vec<u8>)>,
+    next_id: u64,
 }
 
 /// Releases a transfer's slot when its task ends, however it ends.
 struct Slot {
     admission: Arc<Mutex<Admission>>,
     peer: SocketAddr,
+    id: u64,
 }
 
 impl Drop for Slot {
@@ -199,21 +212,29 @@ impl Drop for Slot {
                 a.per_ip.remove(&self.peer.ip());
             }
         }
-        a.active.remove(&self.peer);
+        // A newer transfer from the same TID may have taken the entry over.
+        if a.active
+            .get(&self.peer)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            a.active.remove(&self.peer);
+        }
     }
 }
 
-/// A small budget of log lines (and error replies) per second for what clients send,
-/// so a flood of bad packets cannot flood the log.
+/// A budget of events per second (log lines, error replies) caused by what clients
+/// send, so a flood of bad packets floods neither the log nor the network.
 pub(crate) struct LogBudget {
     per_second: u32,
+    what: &'static str,
     state: Mutex<(Instant, u32, u64)>,
 }
 
 impl LogBudget {
-    fn new(per_second: u32) -> Self {
+    fn new(per_second: u32, what: &'static str) -> Self {
         Self {
             per_second,
+            what,
             state: Mutex::new((Instant::now(), 0, 0)),
         }
     }
@@ -223,10 +244,7 @@ impl LogBudget {
         let (start, used, suppressed) = &mut *s;
         if start.elapsed() >= Duration::from_secs(1) {
             if *suppressed > 0 {
-                tracing::info!(
-                    suppressed = *suppressed,
-                    "TFTP: suppressed log lines about bad requests"
-                );
+                tracing::info!(suppressed = *suppressed, "suppressed {}", self.what);
             }
             *start = Instant::now();
             *used = 0;
@@ -249,6 +267,7 @@ struct Listener {
     stop: watch::Receiver<bool>,
     admission: Arc<Mutex<Admission>>,
     logs: Arc<LogBudget>,
+    replies: LogBudget,
     tasks: JoinSet<()>,
 }
 
@@ -295,7 +314,12 @@ impl Listener {
         }
     }
 
+    /// Answers from the listening socket, within a budget: these answers go to
+    /// whatever address a datagram claims to come from.
     async fn reply(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+        if !self.replies.allow() {
+            return;
+        }
         if let Err(e) = self
             .socket
             .send_to(&error_packet(code, message), peer)
@@ -306,34 +330,40 @@ impl Listener {
     }
 
     async fn admit(&mut self, pkt: &[u8], peer: SocketAddr, req: ReadRequest) {
-        let refusal = {
+        let admitted = {
             let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
-            if a.active.get(&peer).is_some_and(|first| first == pkt) {
+            if a.active.get(&peer).is_some_and(|(_, first)| first == pkt) {
                 // The client resent its RRQ before our first reply reached it.
                 return;
             }
             let from_ip = a.per_ip.get(&peer.ip()).copied().unwrap_or(0);
             if a.total >= self.config.max_sessions {
-                Some("server busy: too many transfers")
+                Err("server busy: too many transfers")
             } else if from_ip >= self.config.per_client_sessions {
-                Some("too many transfers from this address")
+                Err("too many transfers from this address")
             } else {
                 a.total += 1;
                 *a.per_ip.entry(peer.ip()).or_default() += 1;
-                a.active.insert(peer, pkt.to_vec());
-                None
+                a.next_id += 1;
+                let id = a.next_id;
+                a.active.insert(peer, (id, pkt.to_vec()));
+                Ok(id)
             }
         };
-        if let Some(msg) = refusal {
-            if self.logs.allow() {
-                tracing::info!(client = %peer, file = %req.filename, reason = msg, "TFTP request refused");
+        let id = match admitted {
+            Ok(id) => id,
+            Err(msg) => {
+                if self.logs.allow() {
+                    tracing::info!(client = %peer, file = %req.filename, reason = msg, "TFTP request refused");
+                }
+                self.reply(peer, ErrorCode::NotDefined, msg).await;
+                return;
             }
-            self.reply(peer, ErrorCode::NotDefined, msg).await;
-            return;
-        }
+        };
         let slot = Slot {
             admission: self.admission.clone(),
             peer,
+            id,
         };
         let ctx = Ctx {
             peer,

@@ -14,6 +14,7 @@ pub struct Limits {
 }
 
 /// What both sides agreed on. Defaults (no OACK) are RFC 1350's lockstep 512.
+/// An OACK is due when `oack` has anything to say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     pub blksize: u16,
@@ -22,8 +23,6 @@ pub struct Negotiated {
     pub timeout: Option<u8>,
     /// Set when the client asked for the transfer size.
     pub tsize: bool,
-    /// Whether the client sent any option we acknowledge, so an OACK is due.
-    pub any: bool,
     blksize_asked: bool,
     windowsize_asked: bool,
 }
@@ -48,7 +47,6 @@ impl Negotiated {
             windowsize: 1,
             timeout: None,
             tsize: false,
-            any: false,
             blksize_asked: false,
             windowsize_asked: false,
         }
@@ -112,10 +110,7 @@ pub fn negotiate(options: &[TftpOption<'_>], limits: &Limits) -> Result<Negotiat
                 .ok_or_else(|| range("windowsize", v, 1, 65535))?;
             n.windowsize = w.min(limits.max_windowsize.max(1));
             n.windowsize_asked = true;
-        } else {
-            continue;
         }
-        n.any = true;
     }
     // Keep the in-memory window bounded whatever the two sizes are.
     let by_bytes = (limits.max_window_bytes / usize::from(n.blksize)).max(1);
@@ -167,7 +162,6 @@ mod tests {
     fn no_options_means_rfc1350_defaults() {
         let n = negotiate(&[], &LIMITS).unwrap();
         assert_eq!(n, Negotiated::defaults());
-        assert!(!n.any);
         assert!(n.oack(Some(10)).is_empty());
     }
 
@@ -184,7 +178,6 @@ mod tests {
             &LIMITS,
         )
         .unwrap();
-        assert!(n.any);
         assert_eq!((n.blksize, n.windowsize, n.timeout), (1468, 8, Some(3)));
         assert_eq!(
             n.oack(Some(42)),
@@ -202,7 +195,7 @@ mod tests {
     #[test]
     fn unknown_options_alone_need_no_oack() {
         let n = negotiate(&opts(&[("multicast", ""), ("x", "y")]), &LIMITS).unwrap();
-        assert!(!n.any);
+        assert!(n.oack(Some(1)).is_empty());
     }
 
     #[test]

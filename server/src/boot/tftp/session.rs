@@ -57,7 +57,13 @@ pub(super) async fn run(ctx: Ctx, req: ReadRequest) {
                     tracing::info!(%reason, "request refused");
                 }
             }
-            Err(End::Aborted(reason)) => tracing::info!(%reason, "transfer aborted"),
+            Err(End::Aborted(reason)) => {
+                if logs.allow() {
+                    tracing::info!(%reason, "transfer aborted");
+                }
+            }
+            // PXE ROMs routinely ask for tsize, then cancel and ask again.
+            Err(End::Cancelled(reason)) => tracing::debug!(%reason, "client cancelled"),
             Err(End::Shutdown) => tracing::info!("transfer stopped: server shutting down"),
         }
     }
@@ -78,6 +84,8 @@ enum End {
     Refused(String),
     /// Stopped part-way.
     Aborted(String),
+    /// The client sent an ERROR.
+    Cancelled(String),
     /// The server is stopping.
     Shutdown,
 }
@@ -92,7 +100,7 @@ enum Event {
 }
 
 /// Resolves once the server stops (or its stop sender is gone).
-type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 fn stop_signal(mut rx: watch::Receiver<bool>) -> StopSignal {
     Box::pin(async move {
@@ -233,7 +241,10 @@ async fn transfer(ctx: Ctx, req: &ReadRequest) -> Result<Done, End> {
 
     let content = tokio::select! {
         r = ctx.source.open(&req.filename) => r,
-        _ = &mut link.stop => return Err(End::Shutdown),
+        _ = &mut link.stop => {
+            let _ = link.sock.send(&error_packet(ErrorCode::NotDefined, "server shutting down")).await;
+            return Err(End::Shutdown);
+        }
     };
     let content = match content {
         Ok(c) => c,
@@ -300,8 +311,11 @@ struct Sender {
 
 impl Sender {
     async fn run(&mut self, n: &Negotiated, tsize: Option<u64>) -> Result<u64, End> {
-        if n.any {
-            self.send_oack(n, tsize).await?;
+        // Nothing to acknowledge (only unknown options, or tsize we cannot tell):
+        // no OACK, data at once, as for a plain RFC 1350 request.
+        let acknowledged = n.oack(tsize);
+        if !acknowledged.is_empty() {
+            self.send_oack(&acknowledged).await?;
         }
         let blksize = usize::from(n.blksize);
         let want = blksize * usize::from(n.windowsize);
@@ -359,8 +373,7 @@ impl Sender {
         }
     }
 
-    async fn send_oack(&mut self, n: &Negotiated, tsize: Option<u64>) -> Result<(), End> {
-        let values = n.oack(tsize);
+    async fn send_oack(&mut self, values: &[(&'static str, String)]) -> Result<(), End> {
         let pkt = Packet::Oack {
             options: values
                 .iter()
@@ -391,10 +404,7 @@ impl Sender {
 
     fn ended(&self, e: Event) -> End {
         match e {
-            // PXE ROMs often ask for tsize, then cancel with an ERROR and ask again.
-            Event::ClientError(code, msg) => {
-                End::Aborted(format!("client sent ERROR {code}: {msg:?}"))
-            }
+            Event::ClientError(code, msg) => End::Cancelled(format!("ERROR {code}: {msg:?}")),
             Event::Stop => End::Shutdown,
             Event::Gone(e) => End::Aborted(format!("client unreachable: {e}")),
             Event::Ack(_) | Event::Timeout => End::Aborted("unexpected event".into()),
@@ -407,7 +417,7 @@ impl Sender {
         let mut raw = Vec::new();
         while !self.eof && self.buf.len() < want {
             let n = if self.netascii {
-                raw.resize(READ_CHUNK.min(want), 0);
+                raw.resize(READ_CHUNK, 0);
                 let n = self.reader.read(&mut raw).await;
                 if let Ok(n) = n {
                     to_netascii(&raw[..n], &mut self.buf);

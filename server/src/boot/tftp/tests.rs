@@ -297,7 +297,10 @@ async fn unanswered_data_is_resent_and_duplicate_acks_are_not_answered() {
     let dir = tempfile::tempdir().unwrap();
     let data = pseudo_random(3000, 5);
     std::fs::write(dir.path().join("f"), &data).unwrap();
-    let server = start_dir(config(), dir.path()).await;
+    let mut cfg = config();
+    // Leaves room to see that nothing comes before the timeout, even on a busy machine.
+    cfg.timeout = Duration::from_millis(600);
+    let server = start_dir(cfg, dir.path()).await;
     let sock = raw_socket("127.0.0.1").await;
     sock.send_to(&rrq("f", "octet", &[]), server.addr)
         .await
@@ -674,6 +677,24 @@ async fn unknown_options_alone_get_plain_data() {
         .unwrap();
     let (b, _) = recv(&sock, Duration::from_secs(1)).await.unwrap();
     assert_eq!(data_of(&b), (1, b"x".to_vec()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn serves_over_ipv6() {
+    let mem = Arc::new(MemSource::new());
+    let data = pseudo_random(5000, 13);
+    mem.insert("f", Bytes::from(data.clone())).unwrap();
+    let mut cfg = config();
+    cfg.listen = "[::1]:0".parse().unwrap();
+    let server = start(cfg, mem).await;
+    let o = ClientOptions {
+        blksize: Some(1428),
+        ..opts()
+    };
+    let got = fetch(server.addr, "f", &o).await.unwrap();
+    assert_same(&got, &data);
+    assert!(got.server_tid.unwrap().is_ipv6());
     server.stop().await;
 }
 
