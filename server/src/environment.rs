@@ -270,6 +270,8 @@ impl Environment {
     /// `server_args` (`siderite.server=...`, `siderite.ca=...`); the arch is amd64,
     /// the only one the image builder makes today.
     pub async fn agent(dir: &Path, server_args: Vec<String>) -> Result<Environment, VerifyError> {
+        // Assets are addressed by absolute path; a relative image dir is the caller's cwd.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let kernel = dir.join(AGENT_KERNEL_FILE);
         let initrd = dir.join(AGENT_INITRD_FILE);
         let (k, i) = tokio::join!(hash_file(kernel.clone()), hash_file(initrd.clone()));
