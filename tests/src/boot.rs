@@ -164,3 +164,30 @@ pub fn nic(model: &str, tap: &str, id: &str, mac: &str) -> Vec<String> {
         format!("{model},netdev={id},mac={mac}"),
     ]
 }
+
+/// A child process (a server, a QEMU machine) killed when the test lets go of it.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The servers the lab's siderite server (gRPC on `<gateway>:7070`) lists, as JSON,
+/// asked with the CLI from inside the lab's namespace.
+pub fn lab_servers(lab: &NetLab) -> Result<Vec<serde_json::Value>> {
+    let bin = crate::workspace_bin("siderite");
+    let out = lab.exec(&[
+        bin.to_str().context("binary path")?,
+        "--server",
+        &format!("{}:7070", lab.gateway),
+        "get",
+        "servers",
+        "-o",
+        "json",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}

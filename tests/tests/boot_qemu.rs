@@ -8,23 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use siderite_tests::boot::{boot_image, disk, nic, tail, Machine};
+use siderite_tests::boot::{boot_image, disk, lab_servers as servers, nic, tail, Machine, Proc};
 use siderite_tests::netlab::NetLab;
 use siderite_tests::workspace_bin;
 
 const GIB: u64 = 1 << 30;
 
-/// The server process inside the lab; killed on drop.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(lab: &NetLab) -> Result<Server> {
+fn start_server(lab: &NetLab) -> Result<Proc> {
     let data = lab.dir.path().join("server-data");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -44,22 +34,7 @@ fn start_server(lab: &NetLab) -> Result<Server> {
         .stderr(log)
         .spawn()
         .context("starting the server in the lab")?;
-    Ok(Server(child))
-}
-
-fn servers(lab: &NetLab) -> Result<Vec<Value>> {
-    let bin = workspace_bin("siderite");
-    let out = lab.exec(&[
-        bin.to_str().unwrap(),
-        "--server",
-        &format!("{}:7070", lab.gateway),
-        "get",
-        "servers",
-        "-o",
-        "json",
-    ])?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["items"].as_array().cloned().unwrap_or_default())
+    Ok(Proc(child))
 }
 
 /// Polls until one connected server is listed; returns it and when it appeared.

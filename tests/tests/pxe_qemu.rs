@@ -8,34 +8,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
-use siderite_tests::boot::{boot_image, nic, qemu, tail};
+use siderite_tests::boot::{boot_image, lab_servers as servers, nic, qemu, tail, Proc};
 use siderite_tests::netlab::{require_tool, NetLab};
 use siderite_tests::workspace_bin;
-
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn servers(lab: &NetLab) -> Result<Vec<Value>> {
-    let bin = workspace_bin("siderite");
-    let out = lab.exec(&[
-        bin.to_str().unwrap(),
-        "--server",
-        &format!("{}:7070", lab.gateway),
-        "get",
-        "servers",
-        "-o",
-        "json",
-    ])?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["items"].as_array().cloned().unwrap_or_default())
-}
 
 #[test]
 fn bios_and_uefi_machines_pxe_boot_into_the_agent_and_register() -> Result<()> {

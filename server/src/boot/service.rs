@@ -140,7 +140,6 @@ pub async fn start(
         )
         .await
         .with_context(|| format!("binding TFTP {addr}"))?;
-        tracing::info!(addr = %server.local_addr(), root = %config.ipxe_dir.display(), "TFTP listening");
         let rx = stop.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.run(wait(rx)).await {
