@@ -88,6 +88,12 @@ enum Cmd {
     },
     /// Accept a discovered server so it can be wiped and used.
     Accept { name: String },
+    /// Create or replace a resource from a manifest (Environment).
+    Apply {
+        /// YAML or JSON file; - for standard input.
+        #[arg(short, long)]
+        file: PathBuf,
+    },
     /// Delete a resource.
     Delete {
         #[command(subcommand)]
@@ -107,6 +113,11 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum GetWhat {
+    #[command(alias = "environment")]
+    Environments {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     #[command(alias = "server")]
     Servers {
         name: Option<String>,
@@ -122,6 +133,7 @@ enum DescribeWhat {
 
 #[derive(Subcommand)]
 enum DeleteWhat {
+    Environment { name: String },
     Server { name: String },
 }
 
@@ -269,6 +281,21 @@ fn main() -> anyhow::Result<()> {
                 what: DescribeWhat::Server { name },
             } => cli::describe_server(addr, &name).await?,
             Cmd::Accept { name } => cli::accept(addr, &name).await?,
+            Cmd::Apply { file } => {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
+                };
+                cli::apply(addr, &text).await?
+            }
+            Cmd::Get {
+                what: GetWhat::Environments { output },
+            } => cli::get_environments(addr, output).await?,
+            Cmd::Delete {
+                what: DeleteWhat::Environment { name },
+            } => cli::delete_environment(addr, &name).await?,
             Cmd::Delete {
                 what: DeleteWhat::Server { name },
             } => cli::delete_server(addr, &name).await?,

@@ -11,7 +11,9 @@ use siderite::proto::agent::v1::agent_service_server::AgentServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::accept::AutoAccept;
+use crate::api::environments::EnvironmentsApi;
 use crate::api::{admin::AdminApi, agent::AgentApi};
+use crate::environment::{AssetFetcher, Environments, LocalFileFetcher};
 use crate::registry::{Limits, Registry};
 use crate::sessions::Sessions;
 use crate::store::{EmbeddedStore, Store};
@@ -36,6 +38,9 @@ pub struct ServeConfig {
 pub struct Deps {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
+    /// Verified Environments, shared by the admin API and the boot services.
+    pub environments: Arc<Environments>,
+    pub fetcher: Arc<dyn AssetFetcher>,
 }
 
 impl Deps {
@@ -45,6 +50,8 @@ impl Deps {
         Ok(Self {
             store: Arc::new(store),
             sessions: Arc::new(Sessions::default()),
+            environments: Arc::new(Environments::new()),
+            fetcher: Arc::new(LocalFileFetcher),
         })
     }
 }
@@ -68,9 +75,22 @@ pub async fn run(
         sessions: deps.sessions.clone(),
         limits: Limits::default(),
     };
+    let environments = EnvironmentsApi {
+        store: deps.store.clone(),
+        catalog: deps.environments.clone(),
+        fetcher: deps.fetcher.clone(),
+    };
+    let loaded = environments
+        .load()
+        .await
+        .context("loading stored environments")?;
+    if loaded > 0 {
+        tracing::info!(count = loaded, "environments loaded");
+    }
     let admin = AdminApi {
         store: deps.store.clone(),
         sessions: deps.sessions.clone(),
+        environments,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
@@ -91,9 +111,14 @@ pub async fn run(
     }
     let mut boot_tasks = Vec::new();
     if let Some(boot) = config.boot.clone() {
-        boot_tasks =
-            crate::boot::service::start(boot, deps.store.clone(), local.port(), stop_rx.clone())
-                .await?;
+        boot_tasks = crate::boot::service::start(
+            boot,
+            deps.store.clone(),
+            deps.environments.clone(),
+            local.port(),
+            stop_rx.clone(),
+        )
+        .await?;
     }
     if let Some(path) = &config.addr_file {
         std::fs::write(path, local.to_string())

@@ -2,8 +2,10 @@
 use std::sync::Arc;
 
 use siderite::proto::admin::v1::{
-    admin_service_server::AdminService, AcceptServerRequest, DeleteServerRequest,
-    DeleteServerResponse, GetServerRequest, ListServersRequest, ListServersResponse, Server,
+    admin_service_server::AdminService, AcceptServerRequest, ApplyEnvironmentRequest,
+    DeleteEnvironmentRequest, DeleteEnvironmentResponse, DeleteServerRequest, DeleteServerResponse,
+    EnvironmentReply, GetServerRequest, ListEnvironmentsRequest, ListEnvironmentsResponse,
+    ListServersRequest, ListServersResponse, Server,
 };
 use siderite::ServerId;
 use tonic::{Request, Response, Status};
@@ -16,6 +18,7 @@ use crate::store::{Precondition, Store, Txn, TxnOutcome, Versioned};
 pub struct AdminApi {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
+    pub environments: super::environments::EnvironmentsApi,
 }
 
 fn parse_name(name: &str) -> Result<ServerId, Status> {
@@ -149,5 +152,30 @@ impl AdminService for AdminApi {
             }
         }
         Err(Status::aborted("server kept changing; retry"))
+    }
+
+    async fn apply_environment(
+        &self,
+        req: Request<ApplyEnvironmentRequest>,
+    ) -> Result<Response<EnvironmentReply>, Status> {
+        self.environments
+            .apply(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_environments(
+        &self,
+        _req: Request<ListEnvironmentsRequest>,
+    ) -> Result<Response<ListEnvironmentsResponse>, Status> {
+        self.environments.list().await.map(Response::new)
+    }
+
+    async fn delete_environment(
+        &self,
+        req: Request<DeleteEnvironmentRequest>,
+    ) -> Result<Response<DeleteEnvironmentResponse>, Status> {
+        self.environments.delete(req.into_inner()).await?;
+        Ok(Response::new(DeleteEnvironmentResponse {}))
     }
 }

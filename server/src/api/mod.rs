@@ -1,6 +1,7 @@
 //! gRPC handlers: validate -> domain call -> map the error to a `Status`.
 pub mod admin;
 pub mod agent;
+pub mod environments;
 
 use tonic::Status;
 

@@ -83,10 +83,10 @@ impl BootDecider for StoreDecider {
 pub async fn start(
     config: BootConfig,
     store: Arc<dyn Store>,
+    environments: Arc<Environments>,
     agent_api_port: u16,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let environments = Arc::new(Environments::new());
     let agent = Environment::agent(&config.image_dir, config.agent_args.clone())
         .await
         .with_context(|| format!("the agent boot image in {}", config.image_dir.display()))?;

@@ -1,0 +1,114 @@
+//! Environments through the admin API: validate -> verify (sha512 before anything is
+//! served) -> store -> catalog. The built-in `agent` Environment is not replaceable.
+use std::sync::Arc;
+
+use siderite::proto::admin::v1::{
+    ApplyEnvironmentRequest, DeleteEnvironmentRequest, EnvironmentReply, ListEnvironmentsResponse,
+};
+use tonic::Status;
+
+use super::store_status;
+use crate::environment::{AssetFetcher, Environment, Environments, AGENT_ENVIRONMENT};
+use crate::store::{Store, Txn};
+
+pub const ENVIRONMENTS_PREFIX: &str = "environments/";
+
+fn key(name: &str) -> String {
+    format!("{ENVIRONMENTS_PREFIX}{name}")
+}
+
+/// What the admin API needs for Environments.
+#[derive(Clone)]
+pub struct EnvironmentsApi {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Environments>,
+    pub fetcher: Arc<dyn AssetFetcher>,
+}
+
+fn to_json(env: &Environment) -> Result<String, Status> {
+    serde_json::to_string(env)
+        .map_err(|e| Status::internal(format!("encoding the environment: {e}")))
+}
+
+impl EnvironmentsApi {
+    pub async fn apply(&self, req: ApplyEnvironmentRequest) -> Result<EnvironmentReply, Status> {
+        let mut env: Environment = serde_yaml_ng::from_str(&req.manifest)
+            .map_err(|e| Status::invalid_argument(format!("not an Environment: {e}")))?;
+        env.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if env.name() == AGENT_ENVIRONMENT {
+            return Err(Status::invalid_argument(
+                "the agent Environment is built in (siderite serve --boot-image); choose another name",
+            ));
+        }
+        env.status = self.catalog.apply(env.clone(), self.fetcher.as_ref()).await;
+        let json = to_json(&env)?;
+        self.store
+            .txn(Txn::new().put(key(env.name()), json.clone().into_bytes()))
+            .await
+            .map_err(store_status)?;
+        tracing::info!(
+            environment = env.name(),
+            ready = env.status.ready,
+            "environment applied"
+        );
+        Ok(EnvironmentReply { json })
+    }
+
+    pub async fn list(&self) -> Result<ListEnvironmentsResponse, Status> {
+        let mut json = Vec::new();
+        for name in {
+            let mut n = self.catalog.names();
+            n.sort();
+            n
+        } {
+            if let Some(entry) = self.catalog.get(&name) {
+                json.push(to_json(&entry.environment)?);
+            }
+        }
+        Ok(ListEnvironmentsResponse { json })
+    }
+
+    pub async fn delete(&self, req: DeleteEnvironmentRequest) -> Result<(), Status> {
+        if req.name == AGENT_ENVIRONMENT {
+            return Err(Status::invalid_argument(
+                "the agent Environment is built in",
+            ));
+        }
+        if self
+            .store
+            .get(&key(&req.name))
+            .await
+            .map_err(store_status)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "environment {} not found",
+                req.name
+            )));
+        }
+        self.store
+            .txn(Txn::new().delete(key(&req.name)))
+            .await
+            .map_err(store_status)?;
+        self.catalog.remove(&req.name);
+        Ok(())
+    }
+
+    /// Loads every stored Environment into the catalog, verifying each again.
+    pub async fn load(&self) -> anyhow::Result<usize> {
+        let rows = self.store.list(ENVIRONMENTS_PREFIX).await?;
+        let n = rows.len();
+        for (k, v) in rows {
+            match serde_json::from_slice::<Environment>(&v.value) {
+                Ok(env) => {
+                    self.catalog.apply(env, self.fetcher.as_ref()).await;
+                }
+                Err(e) => {
+                    tracing::error!(key = %k, error = %e, "stored environment unreadable; skipped")
+                }
+            }
+        }
+        Ok(n)
+    }
+}
