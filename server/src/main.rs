@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use siderite_server::accept::AutoAccept;
-use siderite_server::boot::dhcp::ModeConfig;
 use siderite_server::boot::service::BootConfig;
 use siderite_server::cli::{self, Output};
 use siderite_server::serve::{self, Deps, ServeConfig};
@@ -66,7 +65,8 @@ enum Cmd {
         /// Where undionly.kpxe and ipxe.efi are (Debian's ipxe package).
         #[arg(long, default_value = "/usr/lib/ipxe")]
         ipxe_dir: PathBuf,
-        /// proxy: answer only PXE clients, next to the site's DHCP server; off: no DHCP.
+        /// proxy: answer only PXE clients, next to the site's DHCP server; off: no DHCP;
+        /// full:START-END/PREFIX[,router=IP][,dns=IP]: also hand out addresses (labs).
         #[arg(long, default_value = "proxy")]
         dhcp: String,
         /// Answer DHCP only on this interface (repeatable; all when absent).
@@ -246,11 +246,7 @@ fn main() -> anyhow::Result<()> {
                             })?),
                         },
                         ipxe_dir,
-                        dhcp: match dhcp.as_str() {
-                            "proxy" => Some(ModeConfig::Proxy),
-                            "off" => None,
-                            other => anyhow::bail!("--dhcp {other:?}: expected proxy or off"),
-                        },
+                        dhcp: siderite_server::boot::service::parse_dhcp_mode(&dhcp)?,
                         interfaces: boot_interface,
                         agent_args: agent_arg,
                     }),

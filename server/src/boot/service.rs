@@ -169,3 +169,100 @@ pub async fn start(
     }
     Ok(tasks)
 }
+
+/// `--dhcp`: `proxy`, `off`, or `full:START-END/PREFIX[,router=IP][,dns=IP]...` for labs
+/// and isolated networks where siderite is the only DHCP server.
+pub fn parse_dhcp_mode(s: &str) -> anyhow::Result<Option<ModeConfig>> {
+    match s {
+        "proxy" => return Ok(Some(ModeConfig::Proxy)),
+        "off" => return Ok(None),
+        _ => {}
+    }
+    let spec = s.strip_prefix("full:").with_context(|| {
+        format!("--dhcp {s:?}: expected proxy, off or full:START-END/PREFIX[,router=IP][,dns=IP]")
+    })?;
+    let mut parts = spec.split(',');
+    let range = parts.next().unwrap_or_default();
+    let (range, prefix) = range
+        .split_once('/')
+        .with_context(|| format!("--dhcp {s:?}: the range needs a /PREFIX"))?;
+    let (start, end) = range
+        .split_once('-')
+        .with_context(|| format!("--dhcp {s:?}: the range is START-END"))?;
+    let start: Ipv4Addr = start
+        .parse()
+        .with_context(|| format!("--dhcp: {start:?} is not an IPv4 address"))?;
+    let end: Ipv4Addr = end
+        .parse()
+        .with_context(|| format!("--dhcp: {end:?} is not an IPv4 address"))?;
+    let prefix: u32 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .with_context(|| format!("--dhcp: prefix {prefix:?} must be 8-30"))?;
+    anyhow::ensure!(
+        u32::from(start) <= u32::from(end),
+        "--dhcp: {start} comes after {end}"
+    );
+    let mask = Ipv4Addr::from(u32::MAX << (32 - prefix));
+    let net = |a: Ipv4Addr| u32::from(a) & u32::from(mask);
+    anyhow::ensure!(
+        net(start) == net(end),
+        "--dhcp: {start} and {end} are not in one /{prefix}"
+    );
+    let mut pool = dhcp::PoolConfig {
+        start,
+        end,
+        subnet_mask: mask,
+        router: None,
+        dns: Vec::new(),
+        lease_time: std::time::Duration::from_secs(3600),
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("router", ip)) => {
+                pool.router = Some(
+                    ip.parse()
+                        .with_context(|| format!("--dhcp router {ip:?}"))?,
+                )
+            }
+            Some(("dns", ip)) => pool
+                .dns
+                .push(ip.parse().with_context(|| format!("--dhcp dns {ip:?}"))?),
+            _ => anyhow::bail!("--dhcp: unknown option {p:?} (router=IP, dns=IP)"),
+        }
+    }
+    Ok(Some(ModeConfig::Full(pool)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dhcp_modes() {
+        assert!(matches!(
+            parse_dhcp_mode("proxy").unwrap(),
+            Some(ModeConfig::Proxy)
+        ));
+        assert!(parse_dhcp_mode("off").unwrap().is_none());
+        let Some(ModeConfig::Full(p)) =
+            parse_dhcp_mode("full:10.88.0.100-10.88.0.199/24,router=10.88.0.1,dns=10.88.0.1")
+                .unwrap()
+        else {
+            panic!("full mode")
+        };
+        assert_eq!(p.subnet_mask, Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(p.router, Some(Ipv4Addr::new(10, 88, 0, 1)));
+        for bad in [
+            "full",
+            "full:10.0.0.9-10.0.0.1/24",
+            "full:10.0.0.1-10.0.1.1/24",
+            "full:10.0.0.1-10.0.0.9",
+            "full:10.0.0.1-10.0.0.9/24,colour=red",
+            "dhcp",
+        ] {
+            assert!(parse_dhcp_mode(bad).is_err(), "{bad}");
+        }
+    }
+}
