@@ -461,6 +461,69 @@ fn indent(o: &mut String, block: &str) {
     }
 }
 
+/// `siderite apply -f FILE`: an Environment manifest (YAML or JSON).
+pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    let reply = c
+        .apply_environment(siderite::proto::admin::v1::ApplyEnvironmentRequest {
+            manifest: manifest.to_string(),
+        })
+        .await
+        .map_err(|s| status_err("applying", s))?
+        .into_inner();
+    let env: serde_json::Value = serde_json::from_str(&reply.json)?;
+    let name = env["metadata"]["name"].as_str().unwrap_or_default();
+    Ok(if env["status"]["ready"] == true {
+        format!("environment/{name} applied, assets verified\n")
+    } else {
+        format!(
+            "environment/{name} applied, NOT ready: {}\n",
+            env["status"]["reason"].as_str().unwrap_or("unknown")
+        )
+    })
+}
+
+pub async fn get_environments(addr: &str, output: Output) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    let items: Vec<serde_json::Value> = c
+        .list_environments(siderite::proto::admin::v1::ListEnvironmentsRequest {})
+        .await
+        .map_err(|s| status_err("listing environments", s))?
+        .into_inner()
+        .json
+        .iter()
+        .map(|j| serde_json::from_str(j))
+        .collect::<Result<_, _>>()?;
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    match output {
+        Output::Json => Ok(serde_json::to_string_pretty(&list)? + "\n"),
+        Output::Yaml => Ok(serde_yaml_ng::to_string(&list)?),
+        Output::Table | Output::Wide => {
+            let mut t = Table::new(["NAME", "ARCH", "READY", "REASON"]);
+            for e in &items {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                t.row(vec![
+                    s(&e["metadata"]["name"]),
+                    s(&e["spec"]["arch"]),
+                    (e["status"]["ready"] == true).to_string(),
+                    s(&e["status"]["reason"]),
+                ]);
+            }
+            Ok(t.render())
+        }
+    }
+}
+
+pub async fn delete_environment(addr: &str, name: &str) -> anyhow::Result<String> {
+    let mut c = client(addr).await?;
+    c.delete_environment(siderite::proto::admin::v1::DeleteEnvironmentRequest {
+        name: name.into(),
+    })
+    .await
+    .map_err(|s| status_err(&format!("deleting environment {name}"), s))?;
+    Ok(format!("environment/{name} deleted\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,67 +655,4 @@ NAME                                   ACCEPTED   PHASE        CONNECTED   MANUF
         let yaml = render_servers(&[sample()], true, Output::Yaml, now).unwrap();
         assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
     }
-}
-
-/// `siderite apply -f FILE`: an Environment manifest (YAML or JSON).
-pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
-    let mut c = client(addr).await?;
-    let reply = c
-        .apply_environment(siderite::proto::admin::v1::ApplyEnvironmentRequest {
-            manifest: manifest.to_string(),
-        })
-        .await
-        .map_err(|s| status_err("applying", s))?
-        .into_inner();
-    let env: serde_json::Value = serde_json::from_str(&reply.json)?;
-    let name = env["metadata"]["name"].as_str().unwrap_or_default();
-    Ok(if env["status"]["ready"] == true {
-        format!("environment/{name} applied, assets verified\n")
-    } else {
-        format!(
-            "environment/{name} applied, NOT ready: {}\n",
-            env["status"]["reason"].as_str().unwrap_or("unknown")
-        )
-    })
-}
-
-pub async fn get_environments(addr: &str, output: Output) -> anyhow::Result<String> {
-    let mut c = client(addr).await?;
-    let items: Vec<serde_json::Value> = c
-        .list_environments(siderite::proto::admin::v1::ListEnvironmentsRequest {})
-        .await
-        .map_err(|s| status_err("listing environments", s))?
-        .into_inner()
-        .json
-        .iter()
-        .map(|j| serde_json::from_str(j))
-        .collect::<Result<_, _>>()?;
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-    match output {
-        Output::Json => Ok(serde_json::to_string_pretty(&list)? + "\n"),
-        Output::Yaml => Ok(serde_yaml_ng::to_string(&list)?),
-        Output::Table | Output::Wide => {
-            let mut t = Table::new(["NAME", "ARCH", "READY", "REASON"]);
-            for e in &items {
-                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-                t.row(vec![
-                    s(&e["metadata"]["name"]),
-                    s(&e["spec"]["arch"]),
-                    (e["status"]["ready"] == true).to_string(),
-                    s(&e["status"]["reason"]),
-                ]);
-            }
-            Ok(t.render())
-        }
-    }
-}
-
-pub async fn delete_environment(addr: &str, name: &str) -> anyhow::Result<String> {
-    let mut c = client(addr).await?;
-    c.delete_environment(siderite::proto::admin::v1::DeleteEnvironmentRequest {
-        name: name.into(),
-    })
-    .await
-    .map_err(|s| status_err(&format!("deleting environment {name}"), s))?;
-    Ok(format!("environment/{name} deleted\n"))
 }
