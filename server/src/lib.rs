@@ -9,6 +9,7 @@ pub mod cli;
 pub mod configpatch;
 pub mod environment;
 pub mod fake;
+pub mod fetch;
 pub mod http;
 pub mod lab;
 pub mod lifecycle;

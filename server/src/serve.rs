@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::accept::AutoAccept;
 use crate::api::environments::EnvironmentsApi;
 use crate::api::{admin::AdminApi, agent::AgentApi};
-use crate::environment::{AssetFetcher, Environments, LocalFileFetcher};
+use crate::environment::Environments;
 use crate::registry::{Limits, Registry};
 use crate::sessions::Sessions;
 use crate::store::{EmbeddedStore, Store};
@@ -40,7 +40,7 @@ pub struct Deps {
     pub sessions: Arc<Sessions>,
     /// Verified Environments, shared by the admin API and the boot services.
     pub environments: Arc<Environments>,
-    pub fetcher: Arc<dyn AssetFetcher>,
+    pub fetcher: Arc<crate::fetch::HttpFetcher>,
 }
 
 impl Deps {
@@ -51,7 +51,10 @@ impl Deps {
             store: Arc::new(store),
             sessions: Arc::new(Sessions::default()),
             environments: Arc::new(Environments::new()),
-            fetcher: Arc::new(LocalFileFetcher),
+            fetcher: Arc::new(
+                crate::fetch::HttpFetcher::new(config.data_dir.join("asset-cache"))
+                    .context("the HTTP asset fetcher")?,
+            ),
         })
     }
 }

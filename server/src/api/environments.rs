@@ -8,7 +8,8 @@ use siderite::proto::admin::v1::{
 use tonic::Status;
 
 use super::store_status;
-use crate::environment::{AssetFetcher, Environment, Environments, AGENT_ENVIRONMENT};
+use crate::environment::{Environment, Environments, AGENT_ENVIRONMENT};
+use crate::fetch::HttpFetcher;
 use crate::store::{Store, Txn};
 
 pub const ENVIRONMENTS_PREFIX: &str = "environments/";
@@ -22,7 +23,8 @@ fn key(name: &str) -> String {
 pub struct EnvironmentsApi {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Environments>,
-    pub fetcher: Arc<dyn AssetFetcher>,
+    /// file:// and http:// assets; downloads are cached by sha512.
+    pub fetcher: Arc<HttpFetcher>,
 }
 
 fn to_json(env: &Environment) -> Result<String, Status> {
@@ -41,7 +43,10 @@ impl EnvironmentsApi {
                 "the agent Environment is built in (siderite serve --boot-image); choose another name",
             ));
         }
-        env.status = self.catalog.apply(env.clone(), self.fetcher.as_ref()).await;
+        env.status = self
+            .catalog
+            .apply(env.clone(), &self.fetcher.expecting(&env))
+            .await;
         let json = to_json(&env)?;
         self.store
             .txn(Txn::new().put(key(env.name()), json.clone().into_bytes()))
@@ -102,7 +107,8 @@ impl EnvironmentsApi {
         for (k, v) in rows {
             match serde_json::from_slice::<Environment>(&v.value) {
                 Ok(env) => {
-                    self.catalog.apply(env, self.fetcher.as_ref()).await;
+                    let fetch = self.fetcher.expecting(&env);
+                    self.catalog.apply(env.clone(), &fetch).await;
                 }
                 Err(e) => {
                     tracing::error!(key = %k, error = %e, "stored environment unreadable; skipped")
