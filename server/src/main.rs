@@ -72,6 +72,9 @@ enum Cmd {
         /// Answer DHCP only on this interface (repeatable; all when absent).
         #[arg(long)]
         boot_interface: Vec<String>,
+        /// iPXE binary (under --ipxe-dir) for arm64 UEFI clients.
+        #[arg(long)]
+        arm64_boot_file: Option<String>,
         /// Extra kernel argument for the agent (repeatable).
         #[arg(long, default_values_t = vec!["siderite.insecure".to_string()])]
         agent_arg: Vec<String>,
@@ -232,6 +235,7 @@ fn main() -> anyhow::Result<()> {
                 dhcp,
                 boot_interface,
                 agent_arg,
+                arm64_boot_file,
             } => {
                 let boot = match boot_image {
                     None => None,
@@ -249,6 +253,7 @@ fn main() -> anyhow::Result<()> {
                         dhcp: siderite_server::boot::service::parse_dhcp_mode(&dhcp)?,
                         interfaces: boot_interface,
                         agent_args: agent_arg,
+                        arm64_boot_file,
                     }),
                 };
                 let config = ServeConfig {

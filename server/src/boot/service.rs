@@ -33,6 +33,9 @@ pub struct BootConfig {
     pub interfaces: Vec<String>,
     /// Extra kernel arguments for the agent (e.g. `siderite.insecure`).
     pub agent_args: Vec<String>,
+    /// The iPXE binary for arm64 UEFI clients (option 93 = 11), when there is one under
+    /// `ipxe_dir`; without it those clients get no answer (and a log line).
+    pub arm64_boot_file: Option<String>,
 }
 
 /// Decides per machine from what the store knows: installed machines boot their disk,
@@ -153,6 +156,10 @@ pub async fn start(
             interfaces: config.interfaces.clone(),
             http_port,
             tftp: config.tftp_listen.is_some(),
+            boot_files: dhcp::BootFiles {
+                efi_arm64: config.arm64_boot_file.clone(),
+                ..Default::default()
+            },
             mode,
             ..Default::default()
         };
