@@ -120,9 +120,26 @@ fn pid1() -> ! {
     let supervisor = init::Supervisor::new(init::RestartPolicy::default());
     supervisor.install_panic_hook(None);
     let release = init::kernel_release().unwrap_or_default();
-    init::load_modules(Path::new("/"), &release).log();
+    let modules = init::load_modules(Path::new("/"), &release);
+    modules.log();
     init::mount_efivars().log();
-    supervisor.run(move || agent(cfg.clone()))
+    // What the server should show about this boot, next to the machine's hardware.
+    let mut boot_log: Vec<String> = problems
+        .iter()
+        .map(|p| format!("kernel command line: {p}"))
+        .collect();
+    boot_log.push(format!(
+        "kernel {release}: loaded {} modules ({}), {} failed{}",
+        modules.loaded.len(),
+        modules.loaded.join(" "),
+        modules.failed.len(),
+        modules
+            .failed
+            .iter()
+            .map(|f| format!("; {}: {}", f.module, f.reason))
+            .collect::<String>()
+    ));
+    supervisor.run(move || agent(cfg.clone(), boot_log.clone()))
 }
 
 fn net_options(cfg: &AgentConfig) -> net::NetOptions {
@@ -134,7 +151,7 @@ fn net_options(cfg: &AgentConfig) -> net::NetOptions {
 }
 
 /// The agent proper, as the boot image runs it: network, then the session.
-async fn agent(cfg: AgentConfig) -> anyhow::Result<()> {
+async fn agent(cfg: AgentConfig, mut boot_log: Vec<String>) -> anyhow::Result<()> {
     if cfg.servers.is_empty() {
         // Nothing to talk to; stay up and say why, so the console shows it.
         loop {
@@ -154,9 +171,11 @@ async fn agent(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     };
     tracing::info!("network: {}", network.report());
+    boot_log.push(format!("network: {}", network.report()));
     let host = hw::Host::linux(Path::new("/"));
     let servers = cfg.servers.iter().map(ToString::to_string).collect();
-    let config = session::Config::new(servers, session::boot_id(Path::new("/")));
+    let mut config = session::Config::new(servers, session::boot_id(Path::new("/")));
+    config.boot_log = boot_log;
     session::run(
         config,
         move || inventory::collect(&host),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use siderite::proto::agent::v1::{
     agent_message, agent_service_client::AgentServiceClient, command, server_message, AgentMessage,
-    Command, CommandAck, Hardware, Heartbeat, Hello, RegisterRequest, RegisterResponse,
+    Command, CommandAck, Hardware, Heartbeat, Hello, LogLine, RegisterRequest, RegisterResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +25,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub heartbeat: Duration,
     pub max_backoff: Duration,
+    /// What happened before the session (modules, network, command line problems): sent
+    /// up as log lines each time a session opens, so the server shows it in one place.
+    pub boot_log: Vec<String>,
 }
 
 impl Config {
@@ -35,6 +38,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
+            boot_log: Vec::new(),
         }
     }
 }
@@ -271,6 +275,22 @@ impl Agent {
             .map_err(SessionError::Open)?
             .into_inner();
         tracing::info!(server_id = %resp.server_id, "session open");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        for line in &self.config.boot_log {
+            let log = AgentMessage {
+                msg: Some(agent_message::Msg::Log(LogLine {
+                    unix_millis: now_ms,
+                    level: "info".into(),
+                    message: line.clone(),
+                })),
+            };
+            if tx.send(log).await.is_err() {
+                return Ok(true);
+            }
+        }
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.tick().await;

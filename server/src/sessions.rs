@@ -1,10 +1,10 @@
 //! Live agent sessions held by this replica: who is connected, from which boot, and the
 //! channel to send them commands.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use siderite::proto::agent::v1::ServerMessage;
+use siderite::proto::agent::v1::{LogLine, ServerMessage};
 use siderite::ServerId;
 use tokio::sync::mpsc;
 
@@ -14,10 +14,15 @@ struct Entry {
     tx: mpsc::Sender<Result<ServerMessage, tonic::Status>>,
 }
 
+/// Log lines kept per server, and the longest line kept.
+pub const MAX_LOG_LINES: usize = 32;
+pub const MAX_LOG_LINE: usize = 512;
+
 #[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<ServerId, Entry>>,
+    logs: Mutex<HashMap<ServerId, VecDeque<LogLine>>>,
 }
 
 /// Proof of holding a slot; only the holder can remove it.
@@ -68,6 +73,38 @@ impl Sessions {
 
     pub fn count(&self) -> usize {
         self.live.lock().expect("sessions lock").len()
+    }
+
+    /// Keeps an agent's log line (bounded in count and length).
+    pub fn push_log(&self, id: ServerId, mut line: LogLine) {
+        if line.message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !line.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.message.truncate(cut);
+        }
+        line.level.truncate(16);
+        let mut logs = self.logs.lock().expect("logs lock");
+        let ring = logs.entry(id).or_default();
+        if ring.len() == MAX_LOG_LINES {
+            ring.pop_front();
+        }
+        ring.push_back(line);
+    }
+
+    pub fn recent_logs(&self, id: ServerId) -> Vec<LogLine> {
+        self.logs
+            .lock()
+            .expect("logs lock")
+            .get(&id)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a deleted server's logs.
+    pub fn forget(&self, id: ServerId) {
+        self.logs.lock().expect("logs lock").remove(&id);
     }
 
     /// Queues a message to a connected agent; false when it is not connected here.

@@ -129,6 +129,28 @@ fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result
     );
     let hw = &s["status"]["hardware"];
     assert_eq!(hw["system"]["uuid"], "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b");
+    // describe shows what happened during boot (modules, network) next to the hardware.
+    let bin = workspace_bin("siderite");
+    let mut described = String::new();
+    for _ in 0..50 {
+        described = lab.exec(&[
+            bin.to_str().unwrap(),
+            "--server",
+            &format!("{}:7070", lab.gateway),
+            "describe",
+            "server",
+            "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        ])?;
+        if described.contains("network:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(described.contains("Recent agent logs:"), "{described}");
+    assert!(
+        described.contains("modules (") && described.contains("network: "),
+        "{described}"
+    );
     assert_eq!(hw["system"]["serial"], "RACK1-U07");
     assert_eq!(hw["system"]["manufacturer"], "Siderite Labs");
     assert_eq!(hw["system"]["product"], "Test Sled");

@@ -210,8 +210,9 @@ async fn agent_session_shows_connected_accept_and_delete() {
     let server = InProcess::start(AutoAccept::None).await.unwrap();
     let hw = fake::hardware(11, 1);
     let id = hw.system.as_ref().unwrap().uuid.clone();
-    let config =
+    let mut config =
         siderite_agent::session::Config::new(vec![server.addr.clone()], "agent-boot".into());
+    config.boot_log = vec!["network: eth0 up, 10.0.0.5/24".into()];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_hw = hw.clone();
     let agent = tokio::spawn(siderite_agent::session::run(
@@ -238,6 +239,22 @@ async fn agent_session_shows_connected_accept_and_delete() {
     assert!(ok, "the agent's session shows as connected");
 
     let mut admin = AdminServiceClient::new(channel(&server.addr).await.unwrap());
+    // The boot log the agent sent up shows on the server, in one place with the rest.
+    let mut logs = Vec::new();
+    for _ in 0..100 {
+        let s = admin
+            .get_server(siderite::proto::admin::v1::GetServerRequest { name: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        logs = s.status.unwrap().recent_logs;
+        if !logs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].message, "network: eth0 up, 10.0.0.5/24");
     let s = admin
         .accept_server(AcceptServerRequest { name: id.clone() })
         .await

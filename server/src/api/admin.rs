@@ -74,7 +74,11 @@ impl AdminService for AdminApi {
     async fn get_server(&self, req: Request<GetServerRequest>) -> Result<Response<Server>, Status> {
         let id = parse_name(&req.get_ref().name)?;
         let (_, s) = self.read(id).await?;
-        Ok(Response::new(self.decorate(s)))
+        let mut s = self.decorate(s);
+        if let Some(st) = s.status.as_mut() {
+            st.recent_logs = self.sessions.recent_logs(id);
+        }
+        Ok(Response::new(s))
     }
 
     async fn accept_server(
@@ -145,6 +149,7 @@ impl AdminService for AdminApi {
             match self.store.txn(txn).await.map_err(store_status)? {
                 TxnOutcome::Committed(_) => {
                     self.sessions.kick(id);
+                    self.sessions.forget(id);
                     tracing::info!(server_id = %id, "deleted");
                     return Ok(Response::new(DeleteServerResponse {}));
                 }

@@ -107,7 +107,8 @@ impl AgentService for AgentApi {
                             tracing::debug!(server_id = %id, command = %a.command_id, state = %a.state, "ack")
                         }
                         Some(agent_message::Msg::Log(l)) => {
-                            tracing::info!(server_id = %id, level = %l.level, "agent: {}", l.message)
+                            tracing::debug!(server_id = %id, level = %l.level, "agent: {}", l.message);
+                            sessions.push_log(id, l);
                         }
                         Some(agent_message::Msg::Progress(p)) => {
                             tracing::debug!(server_id = %id, command = %p.command_id, done = p.done_bytes, "progress")

@@ -446,6 +446,21 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
         ]);
     }
     indent(&mut o, &t.render());
+    if !st.recent_logs.is_empty() {
+        let _ = writeln!(o, "\nRecent agent logs:");
+        for l in &st.recent_logs {
+            let when = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(l.unix_millis) * 1_000_000,
+            )
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+            let _ = writeln!(o, "  {when} {:<5} {}", l.level, l.message);
+        }
+    }
     let _ = writeln!(o, "\nEvents:");
     let mut t = Table::new(["AGE", "REASON", "MESSAGE"]);
     for e in &st.events {
