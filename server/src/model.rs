@@ -102,3 +102,45 @@ pub fn name(server: &Server) -> &str {
         .map(|m| m.name.as_str())
         .unwrap_or_default()
 }
+
+/// A Server as read from the store, with the revision a write must start from.
+pub struct Stored {
+    pub id: ServerId,
+    pub read: crate::store::Versioned,
+    pub server: Server,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("stored server {0} is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+/// The Server named `id`, if there is one.
+pub async fn load(
+    store: &dyn crate::store::Store,
+    id: ServerId,
+) -> Result<Option<Stored>, LoadError> {
+    let Some(read) = store.get(&server_key(&id.to_string())).await? else {
+        return Ok(None);
+    };
+    let server = decode(&read.value, read.revision)
+        .map_err(|e| LoadError::Corrupt(id.to_string(), e.to_string()))?;
+    Ok(Some(Stored { id, read, server }))
+}
+
+/// The Server an index entry (`index/uuid/..`, `index/mac/..`) points at, if any.
+pub async fn load_indexed(
+    store: &dyn crate::store::Store,
+    key: &str,
+) -> Result<Option<Stored>, LoadError> {
+    let Some(ix) = store.get(key).await? else {
+        return Ok(None);
+    };
+    match String::from_utf8_lossy(&ix.value).parse::<ServerId>() {
+        Ok(id) => load(store, id).await,
+        Err(_) => Ok(None),
+    }
+}

@@ -13,14 +13,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use siderite::proto::admin::v1::Server;
 use siderite::proto::agent::v1::{Hardware, RegisterRequest};
 use siderite::{ServerId, SmbiosUuid, UuidVerdict};
 
 use crate::accept::AutoAccept;
 use crate::model::{self, mac_index_key, server_key, session_key, uuid_index_key};
 use crate::sessions::Sessions;
-use crate::store::{Precondition, Store, StoreError, Txn, TxnOutcome, Versioned};
+use crate::store::{Precondition, Store, StoreError, Txn, TxnOutcome};
 
 /// Bounds on what one registration may carry.
 #[derive(Debug, Clone)]
@@ -54,6 +53,15 @@ pub enum RegisterError {
     Corrupt(String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<model::LoadError> for RegisterError {
+    fn from(e: model::LoadError) -> Self {
+        match e {
+            model::LoadError::Store(s) => RegisterError::Store(s),
+            model::LoadError::Corrupt(id, why) => RegisterError::Corrupt(id, why),
+        }
+    }
 }
 
 /// A registration that passed validation.
@@ -226,11 +234,7 @@ pub struct Registry {
     auto_accept: AutoAccept,
 }
 
-struct Record {
-    id: ServerId,
-    read: Versioned,
-    server: Server,
-}
+use model::Stored as Record;
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, sessions: Arc<Sessions>, auto_accept: AutoAccept) -> Self {
@@ -242,22 +246,11 @@ impl Registry {
     }
 
     async fn load(&self, id: ServerId) -> Result<Option<Record>, RegisterError> {
-        let Some(read) = self.store.get(&server_key(&id.to_string())).await? else {
-            return Ok(None);
-        };
-        let server = model::decode(&read.value, read.revision)
-            .map_err(|e| RegisterError::Corrupt(id.to_string(), e.to_string()))?;
-        Ok(Some(Record { id, read, server }))
+        Ok(model::load(self.store.as_ref(), id).await?)
     }
 
     async fn load_indexed(&self, key: &str) -> Result<Option<Record>, RegisterError> {
-        let Some(ix) = self.store.get(key).await? else {
-            return Ok(None);
-        };
-        match String::from_utf8_lossy(&ix.value).parse::<ServerId>() {
-            Ok(id) => self.load(id).await,
-            Err(_) => Ok(None),
-        }
+        Ok(model::load_indexed(self.store.as_ref(), key).await?)
     }
 
     /// Is `rec` this machine: same boot, or not held by another live boot and same hardware.

@@ -12,7 +12,7 @@ use super::dhcp::{self, DhcpConfig, ModeConfig};
 use super::ipxe::{self, BootDecider, BootDecision, BootHttpConfig, BootHttpState};
 use super::tftp::{self, DirSource, TftpConfig};
 use crate::environment::{Arch, Environment, Environments, LocalFileFetcher, AGENT_ENVIRONMENT};
-use crate::model::{self, mac_index_key, server_key, uuid_index_key};
+use crate::model::{self, mac_index_key, uuid_index_key};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -46,11 +46,10 @@ pub struct StoreDecider {
 
 impl StoreDecider {
     async fn phase_of(&self, index_key: String) -> Option<String> {
-        let ix = self.store.get(&index_key).await.ok()??;
-        let id = String::from_utf8_lossy(&ix.value).to_string();
-        let v = self.store.get(&server_key(&id)).await.ok()??;
-        let s = model::decode(&v.value, v.revision).ok()?;
-        Some(s.status.unwrap_or_default().phase)
+        let stored = model::load_indexed(self.store.as_ref(), &index_key)
+            .await
+            .ok()??;
+        Some(stored.server.status.unwrap_or_default().phase)
     }
 }
 
