@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use siderite_agent::config::{self, AgentConfig, Severity};
-use siderite_agent::{hw, init, inventory, net, session};
+use siderite_agent::{commands, hw, init, inventory, net, session};
 
 #[derive(Parser)]
 #[command(name = "siderite-agent", version, about = "siderite's machine agent")]
@@ -38,6 +38,11 @@ enum Cmd {
         server: Vec<String>,
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// Let the server's Wipe and image Install commands write this box's disks.
+        /// Without it every disk is refused (the server marks the wipe failed, with why):
+        /// a workstation trying the agent must not lose a disk to an accept.
+        #[arg(long)]
+        allow_disk_writes: bool,
     },
 }
 
@@ -73,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             print!("{}", report?);
             Ok(())
         }
-        Cmd::Run { server, root } => {
+        Cmd::Run {
+            server,
+            root,
+            allow_disk_writes,
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -82,9 +91,22 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let host = hw::Host::linux(&root);
                 let config = session::Config::new(server, session::boot_id(&root));
-                session::run(
+                // Wipes and installs act on the disks below the same root, when allowed.
+                let executor = if allow_disk_writes {
+                    commands::Executor::linux(&root)
+                } else {
+                    commands::Executor::new(
+                        std::sync::Arc::new(siderite_agent::wipe::NoDisks(
+                            "siderite-agent run was started without --allow-disk-writes",
+                        )),
+                        std::sync::Arc::new(siderite_agent::install::LinuxPower),
+                        commands::Timing::default(),
+                    )
+                };
+                session::run_with(
                     config,
                     move || inventory::collect(&host),
+                    executor,
                     session::shutdown_on_signal(),
                 )
                 .await
@@ -176,9 +198,10 @@ async fn agent(cfg: AgentConfig, mut boot_log: Vec<String>) -> anyhow::Result<()
     let servers = cfg.servers.iter().map(ToString::to_string).collect();
     let mut config = session::Config::new(servers, session::boot_id(Path::new("/")));
     config.boot_log = boot_log;
-    session::run(
+    session::run_with(
         config,
         move || inventory::collect(&host),
+        siderite_agent::commands::Executor::linux(Path::new("/")),
         std::future::pending(),
     )
     .await

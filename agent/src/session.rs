@@ -1,8 +1,8 @@
 //! The agent's side of the conversation with the server: register with the inventory, then
 //! hold one session stream and do what comes down it. Reconnects with jittered back-off,
-//! across every configured server address, until shut down. Commands carry IDs; one seen
-//! before is acknowledged again but not run again.
-use std::collections::{HashSet, VecDeque};
+//! across every configured server address, until shut down. Commands go to the
+//! [`Executor`], which runs them apart from the session and answers every command ID from
+//! its table: one seen before is answered again (with its final ack) but not run again.
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use siderite::proto::agent::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::commands::{Executor, Routed};
 
 /// What the agent needs to find and talk to its server.
 #[derive(Debug, Clone)]
@@ -132,42 +134,15 @@ pub async fn register(
         .map_err(SessionError::Register)
 }
 
-/// Command IDs already run, bounded so a long-lived agent does not grow.
-struct SeenCommands {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl SeenCommands {
-    const CAP: usize = 1024;
-    fn new() -> Self {
-        Self {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-        }
-    }
-    /// True the first time an ID is seen.
-    fn first_time(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
-            return false;
-        }
-        if self.order.len() == Self::CAP {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(id.to_string());
-        self.order.push_back(id.to_string());
-        true
-    }
-}
-
 pub type Inventory = Arc<dyn Fn() -> Hardware + Send + Sync>;
 
 /// Runs the agent until `shutdown` resolves: register, hold the session, reconnect.
-pub async fn run<F>(
+/// `executor` owns the disks and the power: `Executor::linux("/")` on a machine, files and
+/// fakes in tests (there is deliberately no default: a test must never reach real disks).
+pub async fn run_with<F>(
     config: Config,
     inventory: F,
+    executor: Executor,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()>
 where
@@ -178,7 +153,11 @@ where
         config,
         inventory,
         server_id: None,
-        seen: SeenCommands::new(),
+        executor: executor.clone(),
+    };
+    let shutdown = async move {
+        shutdown.await;
+        executor.shutdown().await;
     };
     tokio::pin!(shutdown);
     if agent.config.servers.is_empty() {
@@ -226,7 +205,7 @@ struct Agent {
     config: Config,
     inventory: Inventory,
     server_id: Option<String>,
-    seen: SeenCommands,
+    executor: Executor,
 }
 
 impl Agent {
@@ -275,6 +254,8 @@ impl Agent {
             .map_err(SessionError::Open)?
             .into_inner();
         tracing::info!(server_id = %resp.server_id, "session open");
+        // Acks, progress and logs of commands, running or finished, go to this session now.
+        let _attached = self.executor.attach(tx.clone());
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -305,8 +286,11 @@ impl Agent {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
                         if let Some(server_message::Msg::Command(cmd)) = m.msg {
-                            let ack = self.handle(&channel, cmd).await;
-                            if tx.send(ack).await.is_err() {
+                            if let Routed::Session(cmd) = self.executor.submit(cmd).await {
+                                let ack = self.handle(&channel, &cmd).await;
+                                self.executor.finish(&cmd.id, ack).await;
+                            }
+                            if tx.is_closed() {
                                 return Ok(true);
                             }
                         }
@@ -321,22 +305,15 @@ impl Agent {
         }
     }
 
-    async fn handle(&mut self, channel: &Channel, cmd: Command) -> AgentMessage {
-        let ack = |state: &str, message: String| AgentMessage {
-            msg: Some(agent_message::Msg::Ack(CommandAck {
-                command_id: cmd.id.clone(),
-                state: state.to_string(),
-                message,
-            })),
+    /// The commands that need the session itself (the executor runs the rest).
+    async fn handle(&mut self, channel: &Channel, cmd: &Command) -> CommandAck {
+        let ack = |state: &str, message: String| CommandAck {
+            command_id: cmd.id.clone(),
+            state: state.to_string(),
+            message,
+            ..Default::default()
         };
-        if !self.seen.first_time(&cmd.id) {
-            return ack("done", "already handled".into());
-        }
         match &cmd.kind {
-            Some(command::Kind::Wait(w)) => {
-                tracing::info!(command = %cmd.id, reason = %w.reason, "waiting for work");
-                ack("done", String::new())
-            }
             Some(command::Kind::ReportInventory(_)) => {
                 let hw = self.collect().await;
                 match register(
@@ -351,10 +328,7 @@ impl Agent {
                     Err(e) => ack("failed", e.to_string()),
                 }
             }
-            None => ack(
-                "failed",
-                "command of a kind this agent does not know".into(),
-            ),
+            _ => ack("failed", "not a command for the session".into()),
         }
     }
 }
@@ -364,25 +338,134 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_commands_are_bounded_and_remembered() {
-        let mut seen = SeenCommands::new();
-        assert!(seen.first_time("a"));
-        assert!(!seen.first_time("a"));
-        for i in 0..SeenCommands::CAP {
-            seen.first_time(&i.to_string());
-        }
-        assert_eq!(seen.set.len(), SeenCommands::CAP);
-        assert!(
-            seen.first_time("a"),
-            "the oldest ID was forgotten to stay bounded"
-        );
-    }
-
-    #[test]
     fn backoff_grows_and_is_capped() {
         let max = Duration::from_secs(30);
         assert!(backoff(0, max) <= Duration::from_millis(250));
         assert!(backoff(3, max) >= Duration::from_secs(1));
         assert!(backoff(40, max) <= max);
+    }
+
+    use crate::commands::tests::{mem_disks, TestOpener};
+    use crate::commands::Timing;
+    use crate::install::FakePower;
+    use siderite::proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
+    use siderite::proto::agent::v1::{ServerMessage, Wipe, WipeDisk};
+    use tonic::{Request, Response, Status, Streaming};
+
+    type ToAgent = mpsc::Sender<Result<ServerMessage, Status>>;
+
+    /// A server that hands each session to the test.
+    struct TestServer {
+        sessions: mpsc::Sender<(ToAgent, Streaming<AgentMessage>)>,
+    }
+
+    #[tonic::async_trait]
+    impl AgentService for TestServer {
+        async fn register(
+            &self,
+            _: Request<RegisterRequest>,
+        ) -> Result<Response<RegisterResponse>, Status> {
+            Ok(Response::new(RegisterResponse {
+                server_id: "srv-1".into(),
+                session_token: "token".into(),
+                accepted: true,
+                ..Default::default()
+            }))
+        }
+        type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
+        async fn session(
+            &self,
+            req: Request<Streaming<AgentMessage>>,
+        ) -> Result<Response<Self::SessionStream>, Status> {
+            let (tx, rx) = mpsc::channel(16);
+            let _ = self.sessions.send((tx, req.into_inner())).await;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    async fn next_ack(inbound: &mut Streaming<AgentMessage>) -> CommandAck {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+                .await
+                .expect("a message in time")
+                .expect("the stream intact")
+                .expect("the stream open");
+            if let Some(agent_message::Msg::Ack(a)) = m.msg {
+                return a;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wipe_outlives_its_session_and_the_next_session_learns_the_outcome() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sessions_tx, mut sessions) = mpsc::channel(4);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServiceServer::new(TestServer {
+                    sessions: sessions_tx,
+                }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let opener = TestOpener::new(mem_disks());
+        opener.hold();
+        let executor = Executor::new(
+            opener.clone(),
+            Arc::new(FakePower::default()),
+            Timing::default(),
+        );
+        let mut config = Config::new(vec![addr.to_string()], "boot-1".into());
+        config.max_backoff = Duration::from_millis(200);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(run_with(
+            config,
+            Hardware::default,
+            executor.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+
+        let wipe = Command {
+            id: "wipe-1".into(),
+            kind: Some(command::Kind::Wipe(Wipe {
+                mode: "zero".into(),
+                disks: vec![WipeDisk {
+                    name: "sda".into(),
+                    ..Default::default()
+                }],
+            })),
+        };
+        let send = |tx: &ToAgent, c: &Command| {
+            let tx = tx.clone();
+            let msg = ServerMessage {
+                msg: Some(server_message::Msg::Command(c.clone())),
+            };
+            async move { tx.send(Ok(msg)).await.unwrap() }
+        };
+
+        let (to_agent, mut inbound) = sessions.recv().await.unwrap();
+        send(&to_agent, &wipe).await;
+        assert_eq!(next_ack(&mut inbound).await.state, "accepted");
+        // The server goes away mid-wipe.
+        drop((to_agent, inbound));
+        opener.release();
+        tokio::time::timeout(Duration::from_secs(20), executor.idle())
+            .await
+            .unwrap();
+
+        // The agent reconnects; the server sends what it has no final ack for.
+        let (to_agent, mut inbound) = sessions.recv().await.unwrap();
+        send(&to_agent, &wipe).await;
+        let done = next_ack(&mut inbound).await;
+        assert_eq!(done.state, "done", "{done:?}");
+        assert_eq!(done.disks.len(), 1);
+        assert!(done.disks[0].ok);
+        assert_eq!(opener.opens(), 1, "wiped once");
+
+        let _ = stop_tx.send(());
+        agent.await.unwrap().unwrap();
+        server.abort();
     }
 }

@@ -57,6 +57,19 @@ pub trait DiskOpener: Send + Sync {
     fn open(&self, req: &DiskRequest) -> Result<Box<dyn Disk>, WipeError>;
 }
 
+/// Refuses every disk, saying why: the opener of an agent that must not write disks (a
+/// workstation running `siderite-agent run` without `--allow-disk-writes`).
+pub struct NoDisks(pub &'static str);
+
+impl DiskOpener for NoDisks {
+    fn open(&self, req: &DiskRequest) -> Result<Box<dyn Disk>, WipeError> {
+        Err(WipeError::Refused {
+            disk: req.name.clone(),
+            reason: self.0.to_string(),
+        })
+    }
+}
+
 pub(crate) fn unsupported(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, why.to_string())
 }

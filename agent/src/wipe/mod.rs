@@ -48,7 +48,7 @@ mod verify;
 mod tests;
 
 pub use blockdev::DevOpener;
-pub use disk::{Disk, DiskOpener, FileDisk, FileOpener};
+pub use disk::{Disk, DiskOpener, FileDisk, FileOpener, NoDisks};
 pub use engine::wipe_disk;
 pub use progress::{no_progress, Phase, Progress, ProgressSink};
 
