@@ -594,6 +594,128 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The member that carries a strategic merge directive (Kubernetes' spelling).
+pub const DIRECTIVE: &str = "$patch";
+
+/// Why a strategic merge patch could not be applied; `location` is a JSON pointer into
+/// the patch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at {location:?}: {why}")]
+pub struct MergeError {
+    pub location: String,
+    pub why: String,
+}
+
+/// Applies a strategic merge patch the way Talos merges machine config patches, all or
+/// nothing (on error `target` is unchanged):
+/// - objects merge member by member, recursively; a member the target lacks is added;
+/// - arrays are appended to the target's array (Talos: `certSANs`, `nameservers` grow);
+/// - scalars, and values of another type than the target's, replace it;
+/// - an explicit `null` member deletes that member, as in RFC 7386;
+/// - directives, as in Kubernetes: a member `{"$patch": "delete"}` deletes that member,
+///   an object with `"$patch": "replace"` replaces the target object with its other
+///   members instead of merging, and an element `{"$patch": "replace"}` in an array
+///   makes the array's other elements replace the target array instead of being
+///   appended. Any other `$patch` value is an error.
+///
+/// What is added never carries a `null` member or a directive: added objects are merged
+/// into nothing, so their nulls and directives are applied too. Unlike Talos, list
+/// elements are never merged by a key (a network interface by its name): use a JSON
+/// Patch or `$patch: replace` for that.
+pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), MergeError> {
+    let mut work = target.clone();
+    strategic(&mut work, patch, &mut Vec::new())?;
+    *target = work;
+    Ok(())
+}
+
+fn strategic(target: &mut Value, patch: &Value, at: &mut Vec<String>) -> Result<(), MergeError> {
+    let fail = |at: &[String], why: String| MergeError {
+        location: render(at),
+        why,
+    };
+    match patch {
+        Value::Object(members) => {
+            let replace = match members.get(DIRECTIVE) {
+                None => false,
+                Some(Value::String(d)) if d == "replace" => true,
+                Some(Value::String(d)) if d == "delete" => {
+                    return Err(fail(
+                        at,
+                        "\"$patch\": \"delete\" deletes the member that holds it, so it cannot stand at the top of a patch or in a list".into(),
+                    ))
+                }
+                Some(other) => {
+                    return Err(fail(
+                        at,
+                        format!("unknown \"$patch\" directive {other}; expected \"delete\" or \"replace\""),
+                    ))
+                }
+            };
+            if replace || !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            let Value::Object(target) = target else {
+                unreachable!("the target was just made an object");
+            };
+            for (name, value) in members {
+                if name == DIRECTIVE {
+                    continue;
+                }
+                at.push(name.clone());
+                if value.is_null() {
+                    target.remove(name);
+                } else if is_delete(value) {
+                    if value.as_object().is_some_and(|m| m.len() > 1) {
+                        return Err(fail(
+                            at,
+                            "\"$patch\": \"delete\" takes no other members".into(),
+                        ));
+                    }
+                    target.remove(name);
+                } else {
+                    strategic(target.entry(name.clone()).or_insert(Value::Null), value, at)?;
+                }
+                at.pop();
+            }
+            Ok(())
+        }
+        Value::Array(elements) => {
+            let is_marker = |v: &Value| {
+                v.as_object().is_some_and(|m| {
+                    m.len() == 1 && m.get(DIRECTIVE) == Some(&Value::String("replace".into()))
+                })
+            };
+            let replace = elements.iter().any(is_marker);
+            let mut added = Vec::with_capacity(elements.len());
+            for (index, element) in elements.iter().enumerate() {
+                if is_marker(element) {
+                    continue;
+                }
+                at.push(index.to_string());
+                // Merged into nothing: nulls and directives inside are applied, not kept.
+                let mut value = Value::Null;
+                strategic(&mut value, element, at)?;
+                at.pop();
+                added.push(value);
+            }
+            match target {
+                Value::Array(existing) if !replace => existing.extend(added),
+                _ => *target = Value::Array(added),
+            }
+            Ok(())
+        }
+        scalar => {
+            *target = scalar.clone();
+            Ok(())
+        }
+    }
+}
+
+fn is_delete(value: &Value) -> bool {
+    value.get(DIRECTIVE) == Some(&Value::String("delete".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -1305,5 +1427,193 @@ mod tests {
                 "phoneNumber": "+01-123-456-7890"
             })
         );
+    }
+
+    // Strategic merge (Talos style).
+
+    fn merged(target: Value, patch: Value) -> Result<Value, MergeError> {
+        let mut d = target;
+        let before = d.clone();
+        match strategic_merge(&mut d, &patch) {
+            Ok(()) => Ok(d),
+            Err(e) => {
+                assert_eq!(d, before, "a failed merge changed the document");
+                Err(e)
+            }
+        }
+    }
+
+    #[test]
+    fn strategic_merge_merges_maps_and_appends_lists() {
+        let target = json!({
+            "machine": {
+                "type": "worker",
+                "certSANs": ["10.0.0.1"],
+                "network": {"nameservers": ["1.1.1.1"]},
+                "kubelet": {"extraArgs": {"a": "1"}}
+            },
+            "cluster": {"name": "c"}
+        });
+        let patch = json!({
+            "machine": {
+                "certSANs": ["10.0.0.2", "10.0.0.1"],
+                "network": {"hostname": "n1"},
+                "kubelet": {"extraArgs": {"b": "2"}},
+                "install": {"wipe": true}
+            }
+        });
+        assert_eq!(
+            merged(target, patch),
+            Ok(json!({
+                "machine": {
+                    "type": "worker",
+                    "certSANs": ["10.0.0.1", "10.0.0.2", "10.0.0.1"],
+                    "network": {"nameservers": ["1.1.1.1"], "hostname": "n1"},
+                    "kubelet": {"extraArgs": {"a": "1", "b": "2"}},
+                    "install": {"wipe": true}
+                },
+                "cluster": {"name": "c"}
+            }))
+        );
+    }
+
+    #[test]
+    fn strategic_merge_scalars_and_type_changes_replace() {
+        for (target, patch, want) in [
+            (json!({"a": 1}), json!({"a": 2}), json!({"a": 2})),
+            (
+                json!({"a": "x"}),
+                json!({"a": {"b": 1}}),
+                json!({"a": {"b": 1}}),
+            ),
+            (json!({"a": {"b": 1}}), json!({"a": "x"}), json!({"a": "x"})),
+            (
+                json!({"a": [1]}),
+                json!({"a": {"b": 1}}),
+                json!({"a": {"b": 1}}),
+            ),
+            (json!({"a": {"b": 1}}), json!({"a": [1]}), json!({"a": [1]})),
+            (json!({"a": false}), json!({"a": true}), json!({"a": true})),
+            (json!({}), json!({}), json!({})),
+            (json!({"a": [1]}), json!({"a": []}), json!({"a": [1]})),
+            (json!(null), json!({"a": 1}), json!({"a": 1})),
+            (json!([1]), json!([2]), json!([1, 2])),
+            (json!({"a": 1}), json!(3), json!(3)),
+        ] {
+            assert_eq!(
+                merged(target.clone(), patch.clone()),
+                Ok(want),
+                "{target} + {patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn strategic_merge_null_and_delete_remove_members() {
+        let target =
+            json!({"machine": {"network": {"hostname": "x", "mtu": 9000}, "type": "worker"}});
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"network": {"hostname": null}}})
+            ),
+            Ok(json!({"machine": {"network": {"mtu": 9000}, "type": "worker"}}))
+        );
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"network": {"$patch": "delete"}}})
+            ),
+            Ok(json!({"machine": {"type": "worker"}}))
+        );
+        // Deleting what is not there is not an error.
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"nothing": null, "gone": {"$patch": "delete"}}})
+            ),
+            Ok(target.clone())
+        );
+        // New members never bring nulls or directives along.
+        assert_eq!(
+            merged(
+                json!({}),
+                json!({"a": {"b": null, "c": 1, "d": {"$patch": "delete"}}, "l": [{"x": null, "y": 2}]})
+            ),
+            Ok(json!({"a": {"c": 1}, "l": [{"y": 2}]}))
+        );
+        // A null element in a list is a value.
+        assert_eq!(
+            merged(json!({"l": [1]}), json!({"l": [null]})),
+            Ok(json!({"l": [1, null]}))
+        );
+    }
+
+    #[test]
+    fn strategic_merge_replace_directives() {
+        let target = json!({"machine": {"certSANs": ["a", "b"], "kubelet": {"extraArgs": {"a": "1"}, "image": "k"}}});
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"certSANs": [{"$patch": "replace"}, "c"]}})
+            ),
+            Ok(
+                json!({"machine": {"certSANs": ["c"], "kubelet": {"extraArgs": {"a": "1"}, "image": "k"}}})
+            )
+        );
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"certSANs": [{"$patch": "replace"}]}})
+            ),
+            Ok(
+                json!({"machine": {"certSANs": [], "kubelet": {"extraArgs": {"a": "1"}, "image": "k"}}})
+            )
+        );
+        assert_eq!(
+            merged(
+                target.clone(),
+                json!({"machine": {"kubelet": {"$patch": "replace", "extraArgs": {"b": "2"}}}})
+            ),
+            Ok(json!({"machine": {"certSANs": ["a", "b"], "kubelet": {"extraArgs": {"b": "2"}}}}))
+        );
+        // A whole document can be replaced.
+        assert_eq!(
+            merged(target, json!({"$patch": "replace", "version": "v1alpha1"})),
+            Ok(json!({"version": "v1alpha1"}))
+        );
+    }
+
+    #[test]
+    fn strategic_merge_bad_directives_change_nothing() {
+        let target = json!({"machine": {"type": "worker", "l": [1]}});
+        for (patch, location, why) in [
+            (
+                json!({"machine": {"type": "cp", "x": {"$patch": "merge"}}}),
+                "/machine/x",
+                "unknown \"$patch\" directive \"merge\"",
+            ),
+            (
+                json!({"machine": {"x": {"$patch": 1}}}),
+                "/machine/x",
+                "unknown \"$patch\" directive 1",
+            ),
+            (json!({"$patch": "delete"}), "", "cannot stand at the top"),
+            (
+                json!({"machine": {"l": [{"$patch": "delete"}]}}),
+                "/machine/l/0",
+                "cannot stand at the top of a patch or in a list",
+            ),
+            (
+                json!({"machine": {"type": {"$patch": "delete", "x": 1}}}),
+                "/machine/type",
+                "takes no other members",
+            ),
+            (json!({"a~b/c": {"$patch": "nope"}}), "/a~0b~1c", "unknown"),
+        ] {
+            let e = merged(target.clone(), patch.clone()).unwrap_err();
+            assert_eq!(e.location, location, "{patch}");
+            assert!(e.why.contains(why), "{patch}: {e}");
+        }
     }
 }
