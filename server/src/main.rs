@@ -78,6 +78,50 @@ enum Cmd {
         /// Extra kernel argument for the agent (repeatable).
         #[arg(long, default_values_t = vec!["siderite.insecure".to_string()])]
         agent_arg: Vec<String>,
+        /// The site's wipe mode: fast, discard, zero or secure (a server's spec may differ).
+        #[arg(long, default_value = "fast", value_parser = ["fast", "discard", "zero", "secure"])]
+        wipe_mode: String,
+        /// Seconds an install may take before the server counts as dirty.
+        #[arg(long, default_value_t = 1800)]
+        install_timeout: u64,
+    },
+    /// Wipe a clean server again, or retry a dirty one.
+    Wipe {
+        name: String,
+        /// fast, discard, zero or secure; default: the server's or the site's.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Keep a server out of allocation.
+    Cordon {
+        name: String,
+    },
+    Uncordon {
+        name: String,
+    },
+    /// Reboot a server through its agent (no BMC needed).
+    Reboot {
+        name: String,
+    },
+    /// Power a server off through its agent.
+    Poweroff {
+        name: String,
+    },
+    /// Bind a clean server of a class to an Environment and a MachineConfig; it installs.
+    Allocate {
+        #[arg(long)]
+        class: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        config: String,
+        /// The ServerBinding's name (default: generated from the class).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Release a server (by server or ServerBinding name): it is wiped, then clean again.
+    Release {
+        name: String,
     },
     /// List resources.
     Get {
@@ -90,8 +134,11 @@ enum Cmd {
         what: DescribeWhat,
     },
     /// Accept a discovered server so it can be wiped and used.
-    Accept { name: String },
-    /// Create or replace a resource from a manifest (Environment).
+    Accept {
+        name: String,
+    },
+    /// Create or replace a resource from a manifest (Environment, ServerClass,
+    /// MachineConfig).
     Apply {
         /// YAML or JSON file; - for standard input.
         #[arg(short, long)]
@@ -127,6 +174,22 @@ enum GetWhat {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// ServerClasses, with how many servers each matches and how many are free.
+    #[command(alias = "serverclass")]
+    Serverclasses {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    #[command(alias = "machineconfig")]
+    Machineconfigs {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    #[command(alias = "binding", alias = "serverbindings", alias = "serverbinding")]
+    Bindings {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +201,8 @@ enum DescribeWhat {
 enum DeleteWhat {
     Environment { name: String },
     Server { name: String },
+    Serverclass { name: String },
+    Machineconfig { name: String },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +301,8 @@ fn main() -> anyhow::Result<()> {
                 boot_interface,
                 agent_arg,
                 arm64_boot_file,
+                wipe_mode,
+                install_timeout,
             } => {
                 let boot = match boot_image {
                     None => None,
@@ -263,6 +330,11 @@ fn main() -> anyhow::Result<()> {
                     auto_accept,
                     addr_file,
                     boot,
+                    lifecycle: siderite_server::controller::LifecycleConfig {
+                        wipe_mode,
+                        install_timeout: std::time::Duration::from_secs(install_timeout),
+                        ..Default::default()
+                    },
                 };
                 let deps = Deps::embedded(&config)?;
                 serve::run(config, deps, shutdown_signal()).await?;
@@ -289,8 +361,35 @@ fn main() -> anyhow::Result<()> {
                     std::fs::read_to_string(&file)
                         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
                 };
-                cli::apply(addr, &text).await?
+                cli::lifecycle::apply(addr, &text).await?
             }
+            Cmd::Get {
+                what: GetWhat::Serverclasses { output },
+            } => cli::lifecycle::get(addr, "ServerClass", output).await?,
+            Cmd::Get {
+                what: GetWhat::Machineconfigs { output },
+            } => cli::lifecycle::get(addr, "MachineConfig", output).await?,
+            Cmd::Get {
+                what: GetWhat::Bindings { output },
+            } => cli::lifecycle::get(addr, "ServerBinding", output).await?,
+            Cmd::Delete {
+                what: DeleteWhat::Serverclass { name },
+            } => cli::lifecycle::delete(addr, "ServerClass", &name).await?,
+            Cmd::Delete {
+                what: DeleteWhat::Machineconfig { name },
+            } => cli::lifecycle::delete(addr, "MachineConfig", &name).await?,
+            Cmd::Wipe { name, mode } => cli::lifecycle::wipe(addr, &name, mode).await?,
+            Cmd::Cordon { name } => cli::lifecycle::cordon(addr, &name, true).await?,
+            Cmd::Uncordon { name } => cli::lifecycle::cordon(addr, &name, false).await?,
+            Cmd::Reboot { name } => cli::lifecycle::power(addr, &name, "reboot").await?,
+            Cmd::Poweroff { name } => cli::lifecycle::power(addr, &name, "poweroff").await?,
+            Cmd::Allocate {
+                class,
+                environment,
+                config,
+                name,
+            } => cli::lifecycle::allocate(addr, &class, &environment, &config, name).await?,
+            Cmd::Release { name } => cli::lifecycle::release(addr, &name).await?,
             Cmd::Get {
                 what: GetWhat::Environments { output },
             } => cli::get_environments(addr, output).await?,

@@ -226,6 +226,8 @@ pub struct Registered {
     pub accepted: bool,
     pub created: bool,
     pub session_token: String,
+    /// A known server registered from a different boot than last time.
+    pub new_boot: bool,
 }
 
 pub struct Registry {
@@ -259,15 +261,23 @@ impl Registry {
         if status.boot_id == v.boot_id {
             return true;
         }
+        let old = status
+            .hardware
+            .as_ref()
+            .unwrap_or(&Hardware::default())
+            .clone();
         let live_elsewhere = self
             .sessions
             .live_boot(rec.id)
             .is_some_and(|b| b != v.boot_id);
-        !live_elsewhere
-            && same_machine(
-                status.hardware.as_ref().unwrap_or(&Hardware::default()),
-                &v.hardware,
-            )
+        if live_elsewhere {
+            // A machine runs one boot at a time: a new boot that shares a NIC with the
+            // live one is this machine after an abrupt restart (power cut, kexec, crash)
+            // whose old TCP session has not timed out yet. Without a shared NIC it is a
+            // clone reporting the same UUID.
+            return !physical_macs(&old).is_disjoint(&physical_macs(&v.hardware));
+        }
+        same_machine(&old, &v.hardware)
     }
 
     /// Registers a validated machine; retries on write conflicts.
@@ -367,6 +377,7 @@ impl Registry {
 
         let mut spec = server.spec.take().unwrap_or_default();
         let mut status = server.status.take().unwrap_or_default();
+        let new_boot = !created && status.boot_id != v.boot_id;
         let old_macs = status
             .hardware
             .as_ref()
@@ -464,6 +475,7 @@ impl Registry {
                 accepted,
                 created,
                 session_token: token,
+                new_boot,
             })),
             TxnOutcome::Conflict(key) => {
                 tracing::debug!(%key, "registration conflicted; retrying");

@@ -12,7 +12,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::accept::AutoAccept;
 use crate::api::environments::EnvironmentsApi;
+use crate::api::resources::ResourcesApi;
 use crate::api::{admin::AdminApi, agent::AgentApi};
+use crate::controller::Controller;
 use crate::environment::Environments;
 use crate::registry::{Limits, Registry};
 use crate::sessions::Sessions;
@@ -32,6 +34,8 @@ pub struct ServeConfig {
     pub addr_file: Option<PathBuf>,
     /// Network boot services (ProxyDHCP, TFTP, HTTP iPXE); none to run without them.
     pub boot: Option<crate::boot::service::BootConfig>,
+    /// Wipe mode, install timeout, reconcile period.
+    pub lifecycle: crate::controller::LifecycleConfig,
 }
 
 /// The parts a running server is made of, for tests that embed one.
@@ -73,10 +77,20 @@ pub async fn run(
         deps.sessions.clone(),
         config.auto_accept.clone(),
     ));
+    let controller = Arc::new(Controller::new(
+        deps.store.clone(),
+        deps.sessions.clone(),
+        deps.environments.clone(),
+        config.lifecycle.clone(),
+    ));
+    if let Some(boot) = &config.boot {
+        controller.set_boot_base(format!("http://{}", boot.advertise));
+    }
     let agent = AgentApi {
         registry,
         sessions: deps.sessions.clone(),
         limits: Limits::default(),
+        controller: controller.clone(),
     };
     let environments = EnvironmentsApi {
         store: deps.store.clone(),
@@ -94,8 +108,13 @@ pub async fn run(
         store: deps.store.clone(),
         sessions: deps.sessions.clone(),
         environments,
+        resources: ResourcesApi {
+            store: deps.store.clone(),
+        },
+        controller: controller.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconcile = tokio::spawn(controller.clone().run(stop_rx.clone()));
     let mut http_task = None;
     if let Some(addr) = config.http_listen {
         let l = tokio::net::TcpListener::bind(addr)
@@ -119,6 +138,7 @@ pub async fn run(
             deps.store.clone(),
             deps.environments.clone(),
             local.port(),
+            crate::metadata::router(controller.clone()),
             stop_rx.clone(),
         )
         .await?;
@@ -136,6 +156,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     let result = grpc.await.context("gRPC server");
     let _ = stop_tx.send(true);
+    let _ = reconcile.await;
     if let Some(t) = http_task {
         let _ = t.await;
     }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use siderite::proto::agent::v1::{LogLine, ServerMessage};
+use siderite::proto::agent::v1::{LogLine, Progress, ServerMessage};
 use siderite::ServerId;
 use tokio::sync::mpsc;
 
@@ -23,7 +23,12 @@ pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<ServerId, Entry>>,
     logs: Mutex<HashMap<ServerId, VecDeque<LogLine>>>,
+    /// The latest progress of the pending command, per subject (disk, artifact).
+    progress: Mutex<HashMap<ServerId, Vec<Progress>>>,
 }
+
+/// Subjects of progress kept per server.
+const MAX_PROGRESS_SUBJECTS: usize = 64;
 
 /// Proof of holding a slot; only the holder can remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +107,46 @@ impl Sessions {
             .unwrap_or_default()
     }
 
-    /// Forgets a deleted server's logs.
+    /// Forgets a deleted server's logs and progress.
     pub fn forget(&self, id: ServerId) {
         self.logs.lock().expect("logs lock").remove(&id);
+        self.clear_progress(id);
+    }
+
+    /// The servers whose agents hold a session here.
+    pub fn connected(&self) -> Vec<ServerId> {
+        self.live
+            .lock()
+            .expect("sessions lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Keeps the latest progress report per subject.
+    pub fn set_progress(&self, id: ServerId, mut p: Progress) {
+        p.subject.truncate(128);
+        p.command_id.truncate(128);
+        let mut all = self.progress.lock().expect("progress lock");
+        let list = all.entry(id).or_default();
+        if let Some(old) = list.iter_mut().find(|o| o.subject == p.subject) {
+            *old = p;
+        } else if list.len() < MAX_PROGRESS_SUBJECTS {
+            list.push(p);
+        }
+    }
+
+    pub fn progress(&self, id: ServerId) -> Vec<Progress> {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn clear_progress(&self, id: ServerId) {
+        self.progress.lock().expect("progress lock").remove(&id);
     }
 
     /// Queues a message to a connected agent; false when it is not connected here.

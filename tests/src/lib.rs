@@ -26,16 +26,26 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(auto_accept: AutoAccept) -> anyhow::Result<Self> {
+        Self::start_with(auto_accept, |_, _| Ok(())).await
+    }
+
+    /// Starts with `edit` applied to the config first (given the server's scratch dir).
+    pub async fn start_with(
+        auto_accept: AutoAccept,
+        edit: impl FnOnce(&mut ServeConfig, &std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addr_file = dir.path().join("addr");
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse()?,
             http_listen: Some("127.0.0.1:0".parse()?),
             auto_accept,
             addr_file: Some(addr_file.clone()),
             boot: None,
+            lifecycle: Default::default(),
         };
+        edit(&mut config, dir.path())?;
         let deps = Deps::embedded(&config)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve::run(config, deps, async move {

@@ -1,4 +1,5 @@
-//! The agent ships as one static musl binary under 3.5 MB (built by scripts/build-agent.sh).
+//! The agent ships as one static musl binary under 4 MB (built by scripts/build-agent.sh).
+//! It was 3.23 MB before the install path (reqwest downloads, sha512, zstd images, kexec).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -14,8 +15,8 @@ fn static_agent_is_static_and_small() {
     let size = std::fs::metadata(&bin).unwrap().len();
     println!("static agent: {size} bytes");
     assert!(
-        size <= 3_500_000,
-        "agent is {size} bytes, over the 3.5 MB budget"
+        size <= 4_000_000,
+        "agent is {size} bytes, over the 4 MB budget"
     );
     let file = Command::new("file")
         .arg(&bin)

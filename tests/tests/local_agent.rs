@@ -104,8 +104,22 @@ async fn this_box_registers_and_the_cli_shows_it() {
         "{yaml}"
     );
 
+    // Accepting starts the first wipe; an agent run without --allow-disk-writes refuses
+    // every disk, so the server goes dirty with the reason and this box keeps its disks.
     cli(&["accept", &name]);
-    assert!(cli(&["get", "servers"]).contains("accepted"));
+    let mut described = String::new();
+    for _ in 0..200 {
+        described = cli(&["describe", "server", &name]);
+        if described.contains("Phase:            dirty") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        described.contains("Phase:            dirty")
+            && described.contains("without --allow-disk-writes"),
+        "{described}"
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

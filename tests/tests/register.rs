@@ -61,7 +61,7 @@ async fn two_hundred_agents_register_concurrently_and_reregister() {
         );
         assert_eq!(st.phase, "discovered");
         assert!(
-            !s.spec.unwrap().accepted,
+            !s.spec.as_ref().unwrap().accepted,
             "not accepted without an operator"
         );
     }
@@ -215,9 +215,18 @@ async fn agent_session_shows_connected_accept_and_delete() {
     config.boot_log = vec!["network: eth0 up, 10.0.0.5/24".into()];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_hw = hw.clone();
-    let agent = tokio::spawn(siderite_agent::session::run(
+    // Disks are files in a scratch directory and power is a fake: this agent never
+    // reaches the host's disks whatever the server asks.
+    let scratch = tempfile::tempdir().unwrap();
+    let executor = siderite_agent::commands::Executor::new(
+        std::sync::Arc::new(siderite_agent::wipe::FileOpener::new(scratch.path())),
+        std::sync::Arc::new(siderite_agent::install::FakePower::default()),
+        Default::default(),
+    );
+    let agent = tokio::spawn(siderite_agent::session::run_with(
         config,
         move || agent_hw.clone(),
+        executor,
         async move {
             let _ = stop_rx.await;
         },
@@ -261,7 +270,9 @@ async fn agent_session_shows_connected_accept_and_delete() {
         .unwrap()
         .into_inner();
     assert!(s.spec.unwrap().accepted);
-    assert_eq!(s.status.unwrap().phase, "accepted");
+    // Accepting starts the first wipe at once: the agent is connected.
+    let phase = s.status.unwrap().phase;
+    assert!(["accepted", "wiping"].contains(&phase.as_str()), "{phase}");
     let missing = admin
         .accept_server(AcceptServerRequest {
             name: uuid::Uuid::new_v4().to_string(),
@@ -278,7 +289,7 @@ async fn agent_session_shows_connected_accept_and_delete() {
     let mut back = false;
     for _ in 0..200 {
         let servers = list_servers(&server.addr).await.unwrap();
-        if servers.len() == 1 && !servers[0].spec.unwrap().accepted && connected(servers) {
+        if servers.len() == 1 && !servers[0].spec.as_ref().unwrap().accepted && connected(servers) {
             back = true;
             break;
         }

@@ -2,15 +2,22 @@
 use std::sync::Arc;
 
 use siderite::proto::admin::v1::{
-    admin_service_server::AdminService, AcceptServerRequest, ApplyEnvironmentRequest,
-    DeleteEnvironmentRequest, DeleteEnvironmentResponse, DeleteServerRequest, DeleteServerResponse,
-    EnvironmentReply, GetServerRequest, ListEnvironmentsRequest, ListEnvironmentsResponse,
-    ListServersRequest, ListServersResponse, Server,
+    admin_service_server::AdminService, AcceptServerRequest, AllocateRequest,
+    ApplyEnvironmentRequest, ApplyResourceRequest, CordonServerRequest, DeleteEnvironmentRequest,
+    DeleteEnvironmentResponse, DeleteResourceRequest, DeleteResourceResponse, DeleteServerRequest,
+    DeleteServerResponse, EnvironmentReply, GetResourceRequest, GetServerRequest,
+    ListEnvironmentsRequest, ListEnvironmentsResponse, ListResourcesRequest, ListResourcesResponse,
+    ListServersRequest, ListServersResponse, PowerServerRequest, ReleaseRequest, ResourceReply,
+    Server, WipeServerRequest,
 };
 use siderite::ServerId;
 use tonic::{Request, Response, Status};
 
-use super::store_status;
+use super::resources::{Kind, ResourcesApi};
+use super::{control_status, store_status};
+use crate::binding::{self, BindingSpec, ServerBinding};
+use crate::controller::Controller;
+use crate::lifecycle::Event as LifecycleEvent;
 use crate::model::{self, mac_index_key, server_key, session_key, uuid_index_key, SERVERS_PREFIX};
 use crate::sessions::Sessions;
 use crate::store::{Precondition, Store, Txn, TxnOutcome, Versioned};
@@ -19,6 +26,8 @@ pub struct AdminApi {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
     pub environments: super::environments::EnvironmentsApi,
+    pub resources: ResourcesApi,
+    pub controller: Arc<Controller>,
 }
 
 fn parse_name(name: &str) -> Result<ServerId, Status> {
@@ -77,6 +86,7 @@ impl AdminService for AdminApi {
         let mut s = self.decorate(s);
         if let Some(st) = s.status.as_mut() {
             st.recent_logs = self.sessions.recent_logs(id);
+            st.progress = self.sessions.progress(id);
         }
         Ok(Response::new(s))
     }
@@ -86,32 +96,26 @@ impl AdminService for AdminApi {
         req: Request<AcceptServerRequest>,
     ) -> Result<Response<Server>, Status> {
         let id = parse_name(&req.get_ref().name)?;
-        for _ in 0..16 {
-            let (v, mut s) = self.read(id).await?;
-            let spec = s.spec.get_or_insert_with(Default::default);
-            if spec.accepted {
-                return Ok(Response::new(self.decorate(s)));
-            }
-            spec.accepted = true;
-            let st = s.status.get_or_insert_with(Default::default);
-            st.phase = "accepted".into();
-            model::push_event(st, "Accepted", "accepted by an operator");
-            let key = server_key(&id.to_string());
-            let txn = Txn::new()
-                .require(Precondition::At(key.clone(), v.revision))
-                .put(key, model::encode(&s));
-            match self.store.txn(txn).await.map_err(store_status)? {
-                TxnOutcome::Committed(rev) => {
-                    if let Some(m) = s.metadata.as_mut() {
-                        m.resource_version = rev;
-                    }
-                    tracing::info!(server_id = %id, "accepted");
-                    return Ok(Response::new(self.decorate(s)));
-                }
-                TxnOutcome::Conflict(_) => continue,
-            }
+        let (_, s) = self.read(id).await?;
+        if s.spec.as_ref().is_some_and(|sp| sp.accepted) {
+            return Ok(Response::new(self.decorate(s)));
         }
-        Err(Status::aborted("server kept changing; retry"))
+        let s = self
+            .controller
+            .apply(
+                id,
+                LifecycleEvent::Accept,
+                |s| s.spec.get_or_insert_with(Default::default).accepted = true,
+                |_| Default::default(),
+            )
+            .await
+            .map_err(control_status)?;
+        tracing::info!(server_id = %id, "accepted");
+        // The first wipe starts now when the agent is connected here.
+        self.controller.nudge(id).await;
+        Ok(Response::new(self.decorate(
+            self.read(id).await.map(|(_, s)| s).unwrap_or(s),
+        )))
     }
 
     async fn delete_server(
@@ -182,5 +186,182 @@ impl AdminService for AdminApi {
     ) -> Result<Response<DeleteEnvironmentResponse>, Status> {
         self.environments.delete(req.into_inner()).await?;
         Ok(Response::new(DeleteEnvironmentResponse {}))
+    }
+
+    async fn wipe_server(
+        &self,
+        req: Request<WipeServerRequest>,
+    ) -> Result<Response<Server>, Status> {
+        let r = req.into_inner();
+        let id = parse_name(&r.name)?;
+        let mode = (!r.mode.is_empty()).then_some(r.mode.as_str());
+        let s = self
+            .controller
+            .start_wipe(id, mode)
+            .await
+            .map_err(control_status)?;
+        Ok(Response::new(self.decorate(s)))
+    }
+
+    async fn cordon_server(
+        &self,
+        req: Request<CordonServerRequest>,
+    ) -> Result<Response<Server>, Status> {
+        let r = req.into_inner();
+        let id = parse_name(&r.name)?;
+        let ev = if r.cordon {
+            LifecycleEvent::Cordon
+        } else {
+            LifecycleEvent::Uncordon
+        };
+        let s = self
+            .controller
+            .event(id, ev)
+            .await
+            .map_err(control_status)?;
+        Ok(Response::new(self.decorate(s)))
+    }
+
+    async fn power_server(
+        &self,
+        req: Request<PowerServerRequest>,
+    ) -> Result<Response<Server>, Status> {
+        let r = req.into_inner();
+        let id = parse_name(&r.name)?;
+        let s = self
+            .controller
+            .power(id, &r.action)
+            .await
+            .map_err(control_status)?;
+        Ok(Response::new(self.decorate(s)))
+    }
+
+    async fn apply_resource(
+        &self,
+        req: Request<ApplyResourceRequest>,
+    ) -> Result<Response<ResourceReply>, Status> {
+        self.resources
+            .apply(&req.into_inner().manifest)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_resource(
+        &self,
+        req: Request<GetResourceRequest>,
+    ) -> Result<Response<ResourceReply>, Status> {
+        let r = req.into_inner();
+        self.resources
+            .get(&r.kind, &r.name)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_resources(
+        &self,
+        req: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        self.resources
+            .list(&req.into_inner().kind)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_resource(
+        &self,
+        req: Request<DeleteResourceRequest>,
+    ) -> Result<Response<DeleteResourceResponse>, Status> {
+        let r = req.into_inner();
+        self.resources.delete(&r.kind, &r.name).await?;
+        Ok(Response::new(DeleteResourceResponse {}))
+    }
+
+    async fn allocate(
+        &self,
+        req: Request<AllocateRequest>,
+    ) -> Result<Response<ResourceReply>, Status> {
+        let r = req.into_inner();
+        if r.server_class.is_empty() || r.environment.is_empty() || r.machine_config.is_empty() {
+            return Err(Status::invalid_argument(
+                "allocate needs a ServerClass, an Environment and a MachineConfig",
+            ));
+        }
+        let class = self.resources.server_class(&r.server_class).await?;
+        if self.controller.environments.get(&r.environment).is_none() {
+            return Err(Status::not_found(format!(
+                "Environment {} not found",
+                r.environment
+            )));
+        }
+        if !self
+            .resources
+            .exists(Kind::MachineConfig, &r.machine_config)
+            .await?
+        {
+            return Err(Status::not_found(format!(
+                "MachineConfig {} not found",
+                r.machine_config
+            )));
+        }
+        let name = if r.name.is_empty() {
+            binding::generate_name(&r.server_class)
+        } else {
+            crate::environment::validate_name(&r.name)
+                .map_err(|e| Status::invalid_argument(format!("binding name: {e}")))?;
+            r.name.clone()
+        };
+        let spec = BindingSpec {
+            server: String::new(),
+            server_class: r.server_class,
+            environment: r.environment,
+            machine_config: r.machine_config,
+        };
+        let (b, id) = self
+            .controller
+            .allocate(&class, spec, &name)
+            .await
+            .map_err(control_status)?;
+        tracing::info!(binding = %name, server_id = %id, "allocated");
+        Ok(Response::new(ResourceReply {
+            kind: binding::KIND.into(),
+            json: serde_json::to_string(&b).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<Server>, Status> {
+        let name = req.into_inner().name;
+        let id = match name.parse::<ServerId>() {
+            Ok(id)
+                if self
+                    .store
+                    .get(&server_key(&id.to_string()))
+                    .await
+                    .map_err(store_status)?
+                    .is_some() =>
+            {
+                id
+            }
+            _ => {
+                let v = self
+                    .store
+                    .get(&binding::key(&name))
+                    .await
+                    .map_err(store_status)?
+                    .ok_or_else(|| {
+                        Status::not_found(format!("no server or ServerBinding named {name}"))
+                    })?;
+                let b = ServerBinding::decode(&v.value, v.revision)
+                    .map_err(|e| Status::data_loss(format!("ServerBinding {name}: {e}")))?;
+                parse_name(&b.spec.server)?
+            }
+        };
+        let s = self
+            .controller
+            .event(id, LifecycleEvent::Release)
+            .await
+            .map_err(control_status)?;
+        tracing::info!(server_id = %id, "released");
+        self.controller.nudge(id).await;
+        Ok(Response::new(self.decorate(s)))
     }
 }

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::register_status;
+use crate::controller::Controller;
 use crate::registry::{validate, Limits, Registry};
 use crate::sessions::Sessions;
 
@@ -22,6 +23,7 @@ pub struct AgentApi {
     pub registry: Arc<Registry>,
     pub sessions: Arc<Sessions>,
     pub limits: Limits,
+    pub controller: Arc<Controller>,
 }
 
 pub fn wait_command(reason: &str) -> ServerMessage {
@@ -51,7 +53,10 @@ impl AgentService for AgentApi {
             .register(&v, peer)
             .await
             .map_err(register_status)?;
-        tracing::info!(server_id = %r.server_id, created = r.created, issued = r.identity_issued, "registered");
+        tracing::info!(server_id = %r.server_id, created = r.created, issued = r.identity_issued, new_boot = r.new_boot, "registered");
+        if r.new_boot {
+            self.controller.on_new_boot(r.server_id).await;
+        }
         Ok(Response::new(RegisterResponse {
             server_id: r.server_id.to_string(),
             identity_issued: r.identity_issued,
@@ -99,19 +104,23 @@ impl AgentService for AgentApi {
         // The map holds the only sender: dropping the entry (detach or kick) ends the stream.
         let handle = self.sessions.attach(id, hello.boot_id, tx);
         let sessions = self.sessions.clone();
+        let controller = self.controller.clone();
+        controller.on_session(id).await;
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
                         Some(agent_message::Msg::Ack(a)) => {
-                            tracing::debug!(server_id = %id, command = %a.command_id, state = %a.state, "ack")
+                            tracing::info!(server_id = %id, command = %a.command_id, state = %a.state, message = %a.message, "ack");
+                            controller.on_ack(id, a).await;
                         }
                         Some(agent_message::Msg::Log(l)) => {
                             tracing::debug!(server_id = %id, level = %l.level, "agent: {}", l.message);
                             sessions.push_log(id, l);
                         }
                         Some(agent_message::Msg::Progress(p)) => {
-                            tracing::debug!(server_id = %id, command = %p.command_id, done = p.done_bytes, "progress")
+                            tracing::debug!(server_id = %id, command = %p.command_id, done = p.done_bytes, "progress");
+                            sessions.set_progress(id, p);
                         }
                         Some(agent_message::Msg::Heartbeat(_)) | None => {}
                         Some(agent_message::Msg::Hello(_)) => {

@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod agent;
 pub mod environments;
+pub mod resources;
 
 use tonic::Status;
 
@@ -18,5 +19,17 @@ pub(crate) fn register_status(e: RegisterError) -> Status {
         RegisterError::Contention => Status::aborted(e.to_string()),
         RegisterError::Corrupt(..) => Status::data_loss(e.to_string()),
         RegisterError::Store(s) => store_status(s),
+    }
+}
+
+pub(crate) fn control_status(e: crate::controller::ControlError) -> Status {
+    use crate::controller::ControlError as E;
+    match e {
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Refused { .. } => Status::failed_precondition(e.to_string()),
+        E::Invalid(_) => Status::invalid_argument(e.to_string()),
+        E::Contention(_) => Status::aborted(e.to_string()),
+        E::Store(s) => store_status(s),
+        E::Load(_) | E::BadPhase(..) => Status::data_loss(e.to_string()),
     }
 }

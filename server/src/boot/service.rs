@@ -45,11 +45,13 @@ pub struct StoreDecider {
 }
 
 impl StoreDecider {
-    async fn phase_of(&self, index_key: String) -> Option<String> {
+    /// The server's phase, and whether an image install is already on its disk.
+    async fn phase_of(&self, index_key: String) -> Option<(String, bool)> {
         let stored = model::load_indexed(self.store.as_ref(), &index_key)
             .await
             .ok()??;
-        Some(stored.server.status.unwrap_or_default().phase)
+        let st = stored.server.status.unwrap_or_default();
+        Some((st.phase, st.install_written))
     }
 }
 
@@ -70,9 +72,11 @@ impl BootDecider for StoreDecider {
                 phase = self.phase_of(mac_index_key(&m.to_string())).await;
             }
         }
-        match phase.as_deref() {
+        match phase {
             None => BootDecision::Unknown,
-            Some("installed") => BootDecision::LocalDisk,
+            Some((p, _)) if p == "installed" => BootDecision::LocalDisk,
+            // An image install wrote the disk and rebooted: boot what it wrote.
+            Some((p, true)) if p == "installing" => BootDecision::LocalDisk,
             Some(_) => BootDecision::Agent {
                 env: AGENT_ENVIRONMENT.into(),
                 args: Vec::new(),
@@ -81,12 +85,14 @@ impl BootDecider for StoreDecider {
     }
 }
 
-/// Starts the boot services; they stop when `stop` turns true.
+/// Starts the boot services; they stop when `stop` turns true. `extra` routes (the
+/// metadata service) are served by the same HTTP server.
 pub async fn start(
     config: BootConfig,
     store: Arc<dyn Store>,
     environments: Arc<Environments>,
     agent_api_port: u16,
+    extra: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let agent = Environment::agent(&config.image_dir, config.agent_args.clone())
@@ -109,7 +115,8 @@ pub async fn start(
         config: Arc::new(http),
         decider: Arc::new(StoreDecider { store }),
         environments,
-    });
+    })
+    .merge(extra);
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding boot HTTP {}", config.http_listen))?;

@@ -1,4 +1,5 @@
 //! The operator CLI: talks to the admin API and prints tables, JSON or YAML.
+pub mod lifecycle;
 pub mod table;
 
 use std::fmt::Write as _;
@@ -182,7 +183,7 @@ pub fn render_servers(
             let mut t = Table::new(header);
             for s in servers {
                 let meta = s.metadata.clone().unwrap_or_default();
-                let spec = s.spec.unwrap_or_default();
+                let spec = s.spec.clone().unwrap_or_default();
                 let st = s.status.clone().unwrap_or_default();
                 let hw = st.hardware.clone().unwrap_or_default();
                 let sys = hw.system.clone().unwrap_or_default();
@@ -239,7 +240,7 @@ pub fn render_servers(
 /// One machine's whole story on one screen.
 pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
     let meta = s.metadata.clone().unwrap_or_default();
-    let spec = s.spec.unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
     let st = s.status.clone().unwrap_or_default();
     let hw = st.hardware.clone().unwrap_or_default();
     let mut o = String::new();
@@ -259,6 +260,26 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
     kv("Accepted", spec.accepted.to_string());
     kv("Cordoned", spec.cordoned.to_string());
     kv("Phase", st.phase.clone());
+    if !st.reason.is_empty() {
+        kv("Dirty because", st.reason.clone());
+    }
+    if !st.binding.is_empty() {
+        kv("Binding", st.binding.clone());
+    }
+    if !st.pending_command.is_empty() {
+        kv(
+            "Pending",
+            format!(
+                "{} (since {}, {} ago)",
+                st.pending_command,
+                st.pending_since,
+                age(&st.pending_since, now)
+            ),
+        );
+    }
+    if !spec.wipe_mode.is_empty() {
+        kv("Wipe mode", spec.wipe_mode.clone());
+    }
     kv("Connected", st.connected.to_string());
     kv(
         "SMBIOS UUID",
@@ -435,6 +456,50 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
             let _ = writeln!(o, "  {e}");
         }
     }
+    if !st.progress.is_empty() {
+        let _ = writeln!(o, "\nProgress ({}):", st.pending_command);
+        let mut t = Table::new(["SUBJECT", "DONE", "TOTAL", "RATE", "ETA"]);
+        for p in &st.progress {
+            t.row(vec![
+                p.subject.clone(),
+                bytes(p.done_bytes),
+                bytes(p.total_bytes),
+                format!("{}/s", bytes(p.rate_bytes_per_sec)),
+                format!("{}s", p.eta_seconds),
+            ]);
+        }
+        indent(&mut o, &t.render());
+    }
+    if !st.last_wipe.is_empty() {
+        let _ = writeln!(o, "\nLast wipe ({}):", st.wipe_mode);
+        let mut t = Table::new([
+            "DISK", "RESULT", "SIZE", "METHODS", "WRITTEN", "VERIFIED", "TIME", "REMOVED",
+        ]);
+        for d in &st.last_wipe {
+            t.row(vec![
+                d.disk.clone(),
+                if d.ok {
+                    "ok".into()
+                } else {
+                    format!("FAILED: {}", d.error)
+                },
+                bytes(d.size_bytes),
+                d.methods.join("+"),
+                bytes(d.bytes_written + d.bytes_offloaded),
+                format!(
+                    "{} in {} regions",
+                    bytes(d.verified_bytes),
+                    d.verified_regions
+                ),
+                format!("{:.1}s", (d.wipe_millis + d.verify_millis) as f64 / 1000.0),
+                d.signatures_removed.join(","),
+            ]);
+        }
+        indent(&mut o, &t.render());
+        for d in st.last_wipe.iter().filter(|d| !d.notes.is_empty()) {
+            let _ = writeln!(o, "  {}: {}", d.disk, d.notes.join("; "));
+        }
+    }
     let _ = writeln!(o, "\nConditions:");
     let mut t = Table::new(["TYPE", "STATUS", "REASON", "MESSAGE"]);
     for c in &st.conditions {
@@ -558,6 +623,7 @@ mod tests {
             spec: Some(ServerSpec {
                 accepted: false,
                 cordoned: false,
+                wipe_mode: String::new(),
             }),
             status: Some(ServerStatus {
                 phase: "discovered".into(),

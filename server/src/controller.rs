@@ -1,0 +1,777 @@
+//! The lifecycle controller: feeds events into the pure state machine ([`lifecycle`]),
+//! persists the outcome with a compare-and-swap on the Server's revision, and only then
+//! carries out the actions (commands down the agent's session).
+//!
+//! Events come from the operator API (accept, wipe, cordon, allocate, release), the agent
+//! API (session opened, new boot, command acks) and the metadata service (config fetched).
+//! A reconcile pass over the servers whose agents hold a session here starts what is owed
+//! (first wipe, wipe after release, install of an allocated server) and fails installs
+//! that never fetched their config. Each replica acts only on the agents connected to it,
+//! so nothing is sent twice.
+use std::sync::Arc;
+use std::time::Duration;
+
+use siderite::proto::admin::v1::Server;
+use siderite::proto::agent::v1::{
+    command, server_message, Artifact, Command, CommandAck, Install, PowerOff, Reboot,
+    ServerMessage, Wipe, WipeDisk,
+};
+use siderite::ServerId;
+
+use crate::binding::{self, BindingSpec, ServerBinding};
+use crate::environment::{AssetKind, Environments};
+use crate::lifecycle::{self, Action, Event, Phase, State, TransitionError};
+use crate::model::{self, server_key, Stored};
+use crate::sessions::Sessions;
+use crate::store::{Precondition, Store, StoreError, Txn, TxnOutcome};
+
+pub const WIPE_MODES: [&str; 4] = ["fast", "discard", "zero", "secure"];
+
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// The site's default wipe mode.
+    pub wipe_mode: String,
+    /// How long an install may take before it counts as failed.
+    pub install_timeout: Duration,
+    /// How often the reconcile pass runs.
+    pub reconcile_every: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            wipe_mode: "fast".into(),
+            install_timeout: Duration::from_secs(30 * 60),
+            reconcile_every: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("server {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Load(#[from] model::LoadError),
+    #[error("server {id}: {source}")]
+    Refused {
+        id: String,
+        #[source]
+        source: TransitionError,
+    },
+    #[error("server {0}: stored phase {1:?} is not a lifecycle phase")]
+    BadPhase(String, String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("server {0} kept changing; retry")]
+    Contention(String),
+}
+
+/// The lifecycle state kept in a Server resource.
+pub fn state_of(s: &Server) -> Result<State, ControlError> {
+    let st = s.status.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    let phase = if st.phase.is_empty() {
+        Phase::Discovered
+    } else {
+        st.phase
+            .parse()
+            .map_err(|_| ControlError::BadPhase(model::name(s).to_string(), st.phase.clone()))?
+    };
+    let some = |v: String| (!v.is_empty()).then_some(v);
+    Ok(State {
+        phase,
+        cordoned: spec.cordoned,
+        reason: some(st.reason),
+        binding: some(st.binding),
+        pending_command: some(st.pending_command),
+    })
+}
+
+fn put_state(s: &mut Server, state: &State) {
+    let spec = s.spec.get_or_insert_with(Default::default);
+    spec.cordoned = state.cordoned;
+    let st = s.status.get_or_insert_with(Default::default);
+    if st.pending_command != state.pending_command.clone().unwrap_or_default() {
+        st.pending_since = if state.pending_command.is_some() {
+            model::now_rfc3339()
+        } else {
+            String::new()
+        };
+    }
+    st.phase = state.phase.as_str().to_string();
+    st.reason = state.reason.clone().unwrap_or_default();
+    st.binding = state.binding.clone().unwrap_or_default();
+    st.pending_command = state.pending_command.clone().unwrap_or_default();
+    if state.phase != Phase::Installing {
+        st.install_written = false;
+    }
+}
+
+fn new_command_id(kind: &str) -> String {
+    format!("{kind}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn message(id: String, kind: command::Kind) -> ServerMessage {
+    ServerMessage {
+        msg: Some(server_message::Msg::Command(Command {
+            id,
+            kind: Some(kind),
+        })),
+    }
+}
+
+/// The disks a wipe names: every disk the inventory lists that is neither removable nor
+/// read-only, pinned by serial and size so a renamed disk is never wiped by mistake.
+pub fn wipe_disks(s: &Server) -> Vec<WipeDisk> {
+    let hw = s.status.as_ref().and_then(|st| st.hardware.as_ref());
+    hw.map(|hw| {
+        hw.disks
+            .iter()
+            .filter(|d| !d.removable && !d.read_only && d.size_bytes > 0)
+            .map(|d| WipeDisk {
+                name: d.name.clone(),
+                serial: d.serial.clone(),
+                size_bytes: d.size_bytes,
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Extra writes that commit with a transition, and checks they depend on.
+#[derive(Default)]
+pub struct Extra {
+    pub require: Vec<Precondition>,
+    pub put: Vec<(String, Vec<u8>)>,
+    pub delete: Vec<String>,
+}
+
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<Sessions>,
+    pub environments: Arc<Environments>,
+    pub config: LifecycleConfig,
+    /// `http://HOST:PORT` of the boot HTTP server (assets and metadata), once it listens.
+    boot_base: std::sync::OnceLock<String>,
+}
+
+impl Controller {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sessions: Arc<Sessions>,
+        environments: Arc<Environments>,
+        config: LifecycleConfig,
+    ) -> Self {
+        Self {
+            store,
+            sessions,
+            environments,
+            config,
+            boot_base: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn set_boot_base(&self, base: String) {
+        let _ = self.boot_base.set(base);
+    }
+
+    pub fn boot_base(&self) -> Option<&str> {
+        self.boot_base.get().map(String::as_str)
+    }
+
+    async fn load(&self, id: ServerId) -> Result<Stored, ControlError> {
+        model::load(self.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))
+    }
+
+    /// Applies `event` to server `id`: transition, persist (with `edit`'s changes and
+    /// `extra` writes in the same transaction), then act. Retries on write conflicts.
+    pub async fn apply(
+        &self,
+        id: ServerId,
+        event: Event,
+        mut edit: impl FnMut(&mut Server),
+        extra: impl Fn(&State) -> Extra,
+    ) -> Result<Server, ControlError> {
+        for _ in 0..16 {
+            let Stored {
+                read, mut server, ..
+            } = self.load(id).await?;
+            let state = state_of(&server)?;
+            let (next, actions) =
+                lifecycle::transition(&state, &event).map_err(|source| ControlError::Refused {
+                    id: id.to_string(),
+                    source,
+                })?;
+            put_state(&mut server, &next);
+            edit(&mut server);
+            let st = server.status.get_or_insert_with(Default::default);
+            for a in &actions {
+                if let Action::RecordEvent { reason, message } = a {
+                    model::push_event(st, reason, message.clone());
+                }
+            }
+            let key = server_key(&id.to_string());
+            let mut txn = Txn::new().require(Precondition::At(key.clone(), read.revision));
+            for a in &actions {
+                if let Action::Unbind { binding } = a {
+                    txn = txn
+                        .delete(binding::key(binding))
+                        .delete(binding::token_key(&id.to_string()));
+                }
+            }
+            let more = extra(&next);
+            for p in more.require {
+                txn = txn.require(p);
+            }
+            for (k, v) in more.put {
+                txn = txn.put(k, v);
+            }
+            for k in more.delete {
+                txn = txn.delete(k);
+            }
+            txn = txn.put(key, model::encode(&server));
+            match self.store.txn(txn).await? {
+                TxnOutcome::Committed(rev) => {
+                    if let Some(m) = server.metadata.as_mut() {
+                        m.resource_version = rev;
+                    }
+                    tracing::info!(server_id = %id, event = %event.kind(), from = %state.phase, to = %next.phase, "lifecycle");
+                    self.act(id, &server, &actions).await;
+                    return Ok(server);
+                }
+                TxnOutcome::Conflict(k) => {
+                    tracing::debug!(server_id = %id, key = %k, "lifecycle write conflicted; retrying")
+                }
+            }
+        }
+        Err(ControlError::Contention(id.to_string()))
+    }
+
+    /// Applies an event with no extra changes.
+    pub async fn event(&self, id: ServerId, event: Event) -> Result<Server, ControlError> {
+        self.apply(id, event, |_| {}, |_| Extra::default()).await
+    }
+
+    /// Carries out what a committed transition asks for.
+    async fn act(&self, id: ServerId, server: &Server, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::SendWipe { command_id } => {
+                    let mode = server
+                        .status
+                        .as_ref()
+                        .map(|s| s.wipe_mode.clone())
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| self.config.wipe_mode.clone());
+                    let kind = command::Kind::Wipe(Wipe {
+                        mode,
+                        disks: wipe_disks(server),
+                    });
+                    self.sessions.clear_progress(id);
+                    self.send(id, message(command_id.clone(), kind));
+                }
+                Action::SendInstall {
+                    command_id,
+                    binding,
+                } => match self.install_command(id, binding).await {
+                    Ok(install) => {
+                        self.sessions.clear_progress(id);
+                        self.send(
+                            id,
+                            message(command_id.clone(), command::Kind::Install(install)),
+                        );
+                    }
+                    Err(reason) => {
+                        tracing::warn!(server_id = %id, %reason, "install cannot start");
+                        let ev = Event::InstallFailed {
+                            command_id: command_id.clone(),
+                            reason,
+                        };
+                        // Boxed: `act` runs inside `apply`.
+                        let r = Box::pin(self.event(id, ev)).await;
+                        if let Err(e) = r {
+                            tracing::warn!(server_id = %id, error = %e, "recording the failed install");
+                        }
+                    }
+                },
+                Action::SendWait => {
+                    self.send(id, crate::api::agent::wait_command("waiting for work"));
+                }
+                Action::Unbind { .. } | Action::RecordEvent { .. } => {}
+            }
+        }
+    }
+
+    fn send(&self, id: ServerId, msg: ServerMessage) {
+        if !self.sessions.send(id, msg) {
+            tracing::debug!(server_id = %id, "agent not connected here; the command waits for its session");
+        }
+    }
+
+    /// The Install command for a server's binding: the Environment's verified kernel and
+    /// initrd from the boot HTTP server, and its args with the Talos metadata URL.
+    async fn install_command(&self, id: ServerId, binding_name: &str) -> Result<Install, String> {
+        let base = self
+            .boot_base()
+            .ok_or("the boot HTTP server is not running (serve --boot-image)")?
+            .to_string();
+        let b = self
+            .store
+            .get(&binding::key(binding_name))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("ServerBinding {binding_name} is gone"))?;
+        let b = ServerBinding::decode(&b.value, b.revision).map_err(|e| e.to_string())?;
+        let token = self
+            .store
+            .get(&binding::token_key(&id.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the server has no metadata token")?;
+        let token = String::from_utf8_lossy(&token.value).to_string();
+        let entry = self
+            .environments
+            .get(&b.spec.environment)
+            .ok_or_else(|| format!("Environment {} not found", b.spec.environment))?;
+        let verified = entry.verified.as_ref().ok_or_else(|| {
+            format!(
+                "Environment {} is not ready: {}",
+                b.spec.environment, entry.environment.status.reason
+            )
+        })?;
+        let artifact = |kind: AssetKind| Artifact {
+            url: format!(
+                "{base}{}",
+                crate::boot::assets::asset_path(&b.spec.environment, kind)
+            ),
+            sha512: verified.get(kind).sha512.clone(),
+            ..Default::default()
+        };
+        let mut args = entry.environment.spec.args.clone();
+        args.push("talos.platform=metal".into());
+        args.push(format!(
+            "talos.config={}",
+            crate::metadata::config_url(&base, id, &token)
+        ));
+        Ok(Install {
+            mode: "kexec".into(),
+            kernel: Some(artifact(AssetKind::Kernel)),
+            initrd: Some(artifact(AssetKind::Initrd)),
+            cmdline: args.join(" "),
+            ..Default::default()
+        })
+    }
+
+    /// An agent opened a session here: resend what is pending, or start what is owed.
+    pub async fn on_session(&self, id: ServerId) {
+        if let Err(e) = self.drive(id, true).await {
+            tracing::warn!(server_id = %id, error = %e, "lifecycle on session open");
+        }
+    }
+
+    /// Starts what a server owes now, when its agent is connected here.
+    pub async fn nudge(&self, id: ServerId) {
+        if self.sessions.is_connected(id) {
+            if let Err(e) = self.drive(id, false).await {
+                tracing::debug!(server_id = %id, error = %e, "lifecycle nudge");
+            }
+        }
+    }
+
+    /// Starts what a server owes, if anything; with `reconnected`, resends the pending
+    /// command as well.
+    async fn drive(&self, id: ServerId, reconnected: bool) -> Result<(), ControlError> {
+        let stored = self.load(id).await?;
+        let state = state_of(&stored.server)?;
+        if lifecycle::wants_wipe(&state) {
+            self.start_wipe(id, None).await?;
+        } else if state.phase == Phase::Allocated {
+            self.event(
+                id,
+                Event::InstallStarted {
+                    command_id: new_command_id("install"),
+                },
+            )
+            .await?;
+        } else if reconnected && matches!(state.phase, Phase::Wiping | Phase::Installing) {
+            self.event(id, Event::AgentReconnected).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a wipe (first use, after release, an operator's re-wipe or a dirty
+    /// server's retry) with `mode`, or the server's or site's default.
+    pub async fn start_wipe(
+        &self,
+        id: ServerId,
+        mode: Option<&str>,
+    ) -> Result<Server, ControlError> {
+        if let Some(m) = mode {
+            if !WIPE_MODES.contains(&m) {
+                return Err(ControlError::Invalid(format!(
+                    "unknown wipe mode {m:?} (fast, discard, zero, secure)"
+                )));
+            }
+        }
+        let stored = self.load(id).await?;
+        let state = state_of(&stored.server)?;
+        let command_id = new_command_id("wipe");
+        let event = if state.phase == Phase::Dirty {
+            Event::RetryWipe { command_id }
+        } else {
+            Event::WipeStarted { command_id }
+        };
+        let default = self.config.wipe_mode.clone();
+        let mode = mode.map(str::to_string);
+        self.apply(
+            id,
+            event,
+            move |s| {
+                let spec_mode = s
+                    .spec
+                    .as_ref()
+                    .map(|x| x.wipe_mode.clone())
+                    .unwrap_or_default();
+                let st = s.status.get_or_insert_with(Default::default);
+                st.wipe_mode = mode
+                    .clone()
+                    .or_else(|| (!spec_mode.is_empty()).then(|| spec_mode.clone()))
+                    .unwrap_or_else(|| default.clone());
+            },
+            |_| Extra::default(),
+        )
+        .await
+    }
+
+    /// A new boot registered: whatever the old boot was running was cut short.
+    pub async fn on_new_boot(&self, id: ServerId) {
+        if let Err(e) = self.event(id, Event::AgentRebooted).await {
+            tracing::debug!(server_id = %id, error = %e, "lifecycle on new boot");
+        }
+    }
+
+    /// An acknowledgement from the agent.
+    pub async fn on_ack(&self, id: ServerId, ack: CommandAck) {
+        if let Err(e) = self.handle_ack(id, ack).await {
+            tracing::warn!(server_id = %id, error = %e, "command ack not applied");
+        }
+    }
+
+    async fn handle_ack(&self, id: ServerId, ack: CommandAck) -> Result<(), ControlError> {
+        let stored = self.load(id).await?;
+        let state = state_of(&stored.server)?;
+        if state.pending_command.as_deref() != Some(ack.command_id.as_str()) {
+            tracing::debug!(server_id = %id, command = %ack.command_id, state = %ack.state, "ack for a command nobody waits for");
+            return Ok(());
+        }
+        let cmd = ack.command_id.clone();
+        let disks = ack.disks.clone();
+        let keep_disks = move |s: &mut Server| {
+            if !disks.is_empty() {
+                s.status.get_or_insert_with(Default::default).last_wipe = disks.clone();
+            }
+        };
+        match (state.phase, ack.state.as_str()) {
+            (Phase::Wiping, "done") => {
+                self.sessions.clear_progress(id);
+                self.apply(
+                    id,
+                    Event::WipeSucceeded { command_id: cmd },
+                    keep_disks,
+                    |_| Extra::default(),
+                )
+                .await?;
+            }
+            (Phase::Wiping, "failed") => {
+                self.sessions.clear_progress(id);
+                self.apply(
+                    id,
+                    Event::WipeFailed {
+                        command_id: cmd,
+                        reason: ack.message,
+                    },
+                    keep_disks,
+                    |_| Extra::default(),
+                )
+                .await?;
+            }
+            (Phase::Installing, "failed") => {
+                self.sessions.clear_progress(id);
+                self.event(
+                    id,
+                    Event::InstallFailed {
+                        command_id: cmd,
+                        reason: ack.message,
+                    },
+                )
+                .await?;
+            }
+            (Phase::Installing, "done") => {
+                // The agent handed over (kexec) or wrote the image: the install succeeds
+                // when the installed system fetches its config.
+                self.note(id, "InstallHandedOver", &ack.message, false)
+                    .await?;
+                // The agent is going away (kexec or reboot): its TCP session may linger
+                // until keepalive notices; the next boot must not look like a second
+                // machine holding this one's session.
+                self.sessions.kick(id);
+            }
+            (_, "accepted") => {}
+            (phase, other) => {
+                tracing::warn!(server_id = %id, %phase, state = other, "unexpected ack state")
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an event on a server without a transition.
+    async fn note(
+        &self,
+        id: ServerId,
+        reason: &str,
+        message: &str,
+        written: bool,
+    ) -> Result<(), ControlError> {
+        for _ in 0..16 {
+            let Stored {
+                read, mut server, ..
+            } = self.load(id).await?;
+            let st = server.status.get_or_insert_with(Default::default);
+            model::push_event(st, reason, message);
+            if written {
+                st.install_written = true;
+            }
+            let key = server_key(&id.to_string());
+            let txn = Txn::new()
+                .require(Precondition::At(key.clone(), read.revision))
+                .put(key, model::encode(&server));
+            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Err(ControlError::Contention(id.to_string()))
+    }
+
+    /// The installed system fetched its config with the token of the pending install.
+    pub async fn on_config_fetched(&self, id: ServerId) -> Result<(), ControlError> {
+        let stored = self.load(id).await?;
+        let state = state_of(&stored.server)?;
+        if let (Phase::Installing, Some(cmd)) = (state.phase, state.pending_command) {
+            self.event(id, Event::InstallSucceeded { command_id: cmd })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reboot or power off through the agent.
+    pub async fn power(&self, id: ServerId, action: &str) -> Result<Server, ControlError> {
+        let kind = match action {
+            "reboot" => command::Kind::Reboot(Reboot {}),
+            "poweroff" | "power-off" => command::Kind::PowerOff(PowerOff {}),
+            other => {
+                return Err(ControlError::Invalid(format!(
+                    "unknown power action {other:?} (reboot, poweroff)"
+                )))
+            }
+        };
+        let stored = self.load(id).await?;
+        if !self.sessions.is_connected(id) {
+            return Err(ControlError::Invalid(format!(
+                "server {id} has no agent session here: nothing can {action} it"
+            )));
+        }
+        self.send(id, message(new_command_id(action), kind));
+        self.note(id, "PowerRequested", &format!("{action} requested"), false)
+            .await?;
+        Ok(stored.server)
+    }
+
+    /// One reconcile pass over the servers whose agents are connected here.
+    pub async fn reconcile(&self) {
+        for id in self.sessions.connected() {
+            let Ok(stored) = self.load(id).await else {
+                continue;
+            };
+            let Ok(state) = state_of(&stored.server) else {
+                continue;
+            };
+            if state.phase == Phase::Installing {
+                let since = stored
+                    .server
+                    .status
+                    .as_ref()
+                    .map(|s| s.pending_since.clone())
+                    .unwrap_or_default();
+                if expired(&since, self.config.install_timeout) {
+                    let ev = Event::InstallFailed {
+                        command_id: state.pending_command.clone().unwrap_or_default(),
+                        reason: format!(
+                            "the installed system did not fetch its config within {} s",
+                            self.config.install_timeout.as_secs()
+                        ),
+                    };
+                    let _ = self.event(id, ev).await;
+                }
+                continue;
+            }
+            if let Err(e) = self.drive(id, false).await {
+                tracing::debug!(server_id = %id, error = %e, "reconcile");
+            }
+        }
+    }
+
+    /// Runs [`Controller::reconcile`] until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.reconcile_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.reconcile().await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds one clean, uncordoned server matching `class` to a new ServerBinding.
+    /// Concurrent allocations never get the same server: the server's revision and the
+    /// binding's absence are both preconditions of one transaction.
+    pub async fn allocate(
+        &self,
+        class: &crate::serverclass::ServerClass,
+        spec: BindingSpec,
+        name: &str,
+    ) -> Result<(ServerBinding, ServerId), ControlError> {
+        let bkey = binding::key(name);
+        for _round in 0..8 {
+            if self.store.get(&bkey).await?.is_some() {
+                return Err(ControlError::Invalid(format!(
+                    "ServerBinding {name} already exists"
+                )));
+            }
+            let mut candidates = Vec::new();
+            for (key, v) in self.store.list(model::SERVERS_PREFIX).await? {
+                let Ok(s) = model::decode(&v.value, v.revision) else {
+                    tracing::error!(%key, "corrupt server skipped by allocation");
+                    continue;
+                };
+                let Ok(state) = state_of(&s) else { continue };
+                let hw = s
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.hardware.clone())
+                    .unwrap_or_default();
+                let labels = s
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.labels.clone().into_iter().collect())
+                    .unwrap_or_default();
+                if lifecycle::allocatable(&state) && class.matches(&hw, &labels) {
+                    if let Ok(id) = model::name(&s).parse::<ServerId>() {
+                        candidates.push(id);
+                    }
+                }
+            }
+            if candidates.is_empty() {
+                return Err(ControlError::Invalid(format!(
+                    "no clean, uncordoned server matches ServerClass {}",
+                    spec.server_class
+                )));
+            }
+            // Concurrent allocators start at different servers, so they rarely collide.
+            use rand::seq::SliceRandom;
+            candidates.shuffle(&mut rand::rng());
+            for id in candidates {
+                let mut spec = spec.clone();
+                spec.server = id.to_string();
+                let b = ServerBinding::new(name, spec);
+                let token = binding::new_token();
+                let (bk, bv) = (bkey.clone(), b.encode());
+                let tk = binding::token_key(&id.to_string());
+                let r = self
+                    .apply(
+                        id,
+                        Event::Allocate {
+                            binding: name.to_string(),
+                        },
+                        |_| {},
+                        |_| Extra {
+                            require: vec![Precondition::Absent(bk.clone())],
+                            put: vec![
+                                (bk.clone(), bv.clone()),
+                                (tk.clone(), token.clone().into_bytes()),
+                            ],
+                            delete: vec![],
+                        },
+                    )
+                    .await;
+                match r {
+                    Ok(_) => {
+                        // Start the install now when the agent is here.
+                        if self.sessions.is_connected(id) {
+                            let _ = self.drive(id, false).await;
+                        }
+                        return Ok((b, id));
+                    }
+                    // Taken or changed since the list: try the next one.
+                    Err(ControlError::Refused { .. }) | Err(ControlError::Contention(_)) => {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(ControlError::Contention(format!(
+            "allocation for ServerClass {}",
+            spec.server_class
+        )))
+    }
+}
+
+/// Whether an RFC 3339 time is more than `after` ago.
+fn expired(since: &str, after: Duration) -> bool {
+    let Ok(t) = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+    else {
+        return false;
+    };
+    let age = time::OffsetDateTime::now_utc() - t;
+    age.whole_seconds() > after.as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry() {
+        assert!(!expired("", Duration::from_secs(1)));
+        assert!(expired("2020-01-01T00:00:00Z", Duration::from_secs(60)));
+        assert!(!expired(&model::now_rfc3339(), Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn state_round_trips_through_the_resource() {
+        let mut s = model::new_server(ServerId::issue());
+        for phase in Phase::ALL {
+            let st = State {
+                phase,
+                cordoned: phase == Phase::Clean,
+                reason: (phase == Phase::Dirty).then(|| "disk vda failed".into()),
+                binding: (phase == Phase::Allocated).then(|| "b".into()),
+                pending_command: (phase == Phase::Wiping).then(|| "wipe-1".into()),
+            };
+            put_state(&mut s, &st);
+            assert_eq!(state_of(&s).unwrap(), st);
+        }
+        s.status.as_mut().unwrap().phase = "sleeping".into();
+        assert!(matches!(state_of(&s), Err(ControlError::BadPhase(..))));
+    }
+}
