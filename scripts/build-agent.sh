@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the static agent (musl, profile `agent`) and prints its path, size and linkage.
+# Builds the static agent and the Talos stand-in of the e2e tests (musl, profile `agent`)
+# and prints their paths, sizes and linkage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p siderite-agent --profile agent --target x86_64-unknown-linux-musl
-bin=target/x86_64-unknown-linux-musl/agent/siderite-agent
-echo "$bin: $(stat -c %s "$bin") bytes"
-file "$bin"
+cargo build -q -p siderite-agent -p siderite-standin --profile agent --target x86_64-unknown-linux-musl
+for name in siderite-agent siderite-standin; do
+  bin=target/x86_64-unknown-linux-musl/agent/$name
+  echo "$bin: $(stat -c %s "$bin") bytes"
+  file "$bin"
+done

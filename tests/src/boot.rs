@@ -1,7 +1,7 @@
 //! Booting the agent for real: the boot image built from Debian's generic kernel and the
 //! static agent, and QEMU (TCG) machines on a [`NetLab`](crate::netlab::NetLab) bridge.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -33,14 +33,7 @@ fn build_image() -> Result<(PathBuf, PathBuf)> {
         agent.display()
     );
     let out = root.join("target/test-boot-image");
-    let opts = BuildOptions::new(
-        KernelSource::Apt {
-            package: "linux-image-amd64".into(),
-            cache: root.join(siderite_initramfs::DEFAULT_CACHE),
-        },
-        agent,
-        out.clone(),
-    );
+    let opts = BuildOptions::new(test_kernel(), agent, out.clone());
     let started = Instant::now();
     let manifest = build(&opts).context("building the boot image")?;
     println!(
@@ -49,6 +42,49 @@ fn build_image() -> Result<(PathBuf, PathBuf)> {
         started.elapsed().as_secs_f64()
     );
     Ok((out.join("vmlinuz"), out.join("initramfs.cpio.zst")))
+}
+
+/// The kernel every test image boots: Debian's generic one, downloaded once into the
+/// shared cache (target/siderite-kernels) by whichever image is built first.
+fn test_kernel() -> KernelSource {
+    KernelSource::Apt {
+        package: "linux-image-amd64".into(),
+        cache: workspace_root().join(siderite_initramfs::DEFAULT_CACHE),
+    }
+}
+
+/// Where scripts/build-agent.sh leaves the static Talos stand-in (`tests/standin`).
+pub const STANDIN: &str = "target/x86_64-unknown-linux-musl/agent/siderite-standin";
+
+/// The Talos stand-in image: the boot image's kernel and default modules with the static
+/// `siderite-standin` as `/init`, built once per test process into
+/// target/test-standin-image. Returns that directory (`vmlinuz`, `initramfs.cpio.zst`).
+pub fn standin_image() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_standin_image().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build_standin_image() -> Result<PathBuf> {
+    let root = workspace_root();
+    let standin = root.join(STANDIN);
+    ensure!(
+        standin.exists(),
+        "{} is missing: run scripts/build-agent.sh first (it builds the agent and the Talos stand-in)",
+        standin.display()
+    );
+    let out = root.join("target/test-standin-image");
+    let opts = BuildOptions::new(test_kernel(), standin, out.clone());
+    let started = Instant::now();
+    let manifest = build(&opts).context("building the stand-in image")?;
+    println!(
+        "stand-in image: {:?} in {:.1} s",
+        manifest.file("initramfs.cpio.zst").map(|f| f.size),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
 }
 
 pub fn qemu() -> Result<PathBuf> {
@@ -80,8 +116,47 @@ impl Machine {
         devices: &[String],
     ) -> Result<Self> {
         let console = lab.dir.path().join(format!("{name}.console"));
-        let child = lab
-            .command(qemu()?)
+        Self::spawn(
+            lab.command(qemu()?),
+            console,
+            append,
+            kernel,
+            initrd,
+            devices,
+        )
+    }
+
+    /// Starts QEMU as a plain child of the test (no namespace), its console in `dir`:
+    /// for machines with user-mode networking only (`-netdev user`), whose guests reach
+    /// nothing but the host's loopback (as 10.0.2.2).
+    pub fn start_local(
+        dir: &Path,
+        name: &str,
+        append: &str,
+        kernel: &Path,
+        initrd: &Path,
+        devices: &[String],
+    ) -> Result<Self> {
+        let console = dir.join(format!("{name}.console"));
+        Self::spawn(
+            Command::new(qemu()?),
+            console,
+            append,
+            kernel,
+            initrd,
+            devices,
+        )
+    }
+
+    fn spawn(
+        mut qemu: Command,
+        console: PathBuf,
+        append: &str,
+        kernel: &Path,
+        initrd: &Path,
+        devices: &[String],
+    ) -> Result<Self> {
+        let child = qemu
             .args([
                 "-accel",
                 "tcg",
@@ -136,6 +211,35 @@ impl Machine {
             ensure!(
                 Instant::now() < deadline,
                 "no {needle:?} on the console within {timeout:?}:\n{}",
+                tail(&self.console_text(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powered off; `-no-reboot` makes a reboot or a
+    /// triple fault exit too). Errors with the console's tail after `timeout`. The exit
+    /// status says little: QEMU exits 0 after a guest panic as well.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    anyhow::bail!(
+                        "QEMU failed ({status}): {}\nconsole:\n{}",
+                        err.trim(),
+                        tail(&self.console_text(), 40)
+                    );
+                }
+                return Ok(self.started.elapsed());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the machine did not power off within {timeout:?}:\n{}",
                 tail(&self.console_text(), 40)
             );
             std::thread::sleep(Duration::from_millis(100));
