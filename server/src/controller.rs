@@ -27,13 +27,16 @@ use crate::store::{Precondition, Store, StoreError, Txn, TxnOutcome};
 
 pub const WIPE_MODES: [&str; 4] = ["fast", "discard", "zero", "secure"];
 
+/// Install timeouts are checked every this many reconcile ticks.
+const EXPIRY_EVERY_TICKS: u64 = 15;
+
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
     /// The site's default wipe mode.
     pub wipe_mode: String,
     /// How long an install may take before it counts as failed.
     pub install_timeout: Duration,
-    /// How often the reconcile pass runs.
+    /// How often the reconcile pass runs (install timeouts: every 15th pass).
     pub reconcile_every: Duration,
 }
 
@@ -591,36 +594,49 @@ impl Controller {
         Ok(stored.server)
     }
 
-    /// One reconcile pass over the servers whose agents are connected here.
+    /// One reconcile pass over the servers whose agents are connected here: start what
+    /// they owe.
     pub async fn reconcile(&self) {
         for id in self.sessions.connected() {
-            let Ok(stored) = self.load(id).await else {
-                continue;
-            };
-            let Ok(state) = state_of(&stored.server) else {
-                continue;
-            };
-            if state.phase == Phase::Installing {
-                let since = stored
-                    .server
-                    .status
-                    .as_ref()
-                    .map(|s| s.pending_since.clone())
-                    .unwrap_or_default();
-                if expired(&since, self.config.install_timeout) {
-                    let ev = Event::InstallFailed {
-                        command_id: state.pending_command.clone().unwrap_or_default(),
-                        reason: format!(
-                            "the installed system did not fetch its config within {} s",
-                            self.config.install_timeout.as_secs()
-                        ),
-                    };
-                    let _ = self.event(id, ev).await;
-                }
-                continue;
-            }
             if let Err(e) = self.drive(id, false).await {
                 tracing::debug!(server_id = %id, error = %e, "reconcile");
+            }
+        }
+    }
+
+    /// Fails the installs that did not fetch their config in time. Over every server:
+    /// an installing machine runs the install environment, not the agent, so it holds
+    /// no session anywhere.
+    pub async fn expire_installs(&self) {
+        let rows = match self.store.list(model::SERVERS_PREFIX).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "install timeouts: listing servers");
+                return;
+            }
+        };
+        for (_, v) in rows {
+            let Ok(s) = model::decode(&v.value, v.revision) else {
+                continue;
+            };
+            let st = s.status.clone().unwrap_or_default();
+            if st.phase != Phase::Installing.as_str()
+                || !expired(&st.pending_since, self.config.install_timeout)
+            {
+                continue;
+            }
+            let Ok(id) = model::name(&s).parse::<ServerId>() else {
+                continue;
+            };
+            let ev = Event::InstallFailed {
+                command_id: st.pending_command.clone(),
+                reason: format!(
+                    "the installed system did not fetch its config within {} s",
+                    self.config.install_timeout.as_secs()
+                ),
+            };
+            if let Err(e) = self.event(id, ev).await {
+                tracing::debug!(server_id = %id, error = %e, "install timeout");
             }
         }
     }
@@ -629,9 +645,17 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.reconcile_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.reconcile().await,
+                _ = tick.tick() => {
+                    self.reconcile().await;
+                    // The full scan is rarer: it reads every server.
+                    if n % EXPIRY_EVERY_TICKS == 0 {
+                        self.expire_installs().await;
+                    }
+                    n += 1;
+                }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         return;

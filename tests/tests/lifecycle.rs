@@ -223,6 +223,7 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
             arm64_boot_file: None,
         });
         config.lifecycle.reconcile_every = Duration::from_millis(200);
+        config.lifecycle.install_timeout = Duration::from_secs(5);
         Ok(())
     })
     .await
@@ -312,6 +313,20 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
     let class: serde_json::Value = serde_json::from_str(&class.json).unwrap();
     assert_eq!(class["status"]["matching"], 3, "{class}");
     assert_eq!(class["status"]["free"], 3, "{class}");
+    // describe's view: every class, and why a server is not in one.
+    c.apply_resource(ApplyResourceRequest {
+        manifest: "apiVersion: metal.siderite.dev/v1alpha1\nkind: ServerClass\nmetadata: {name: huge}\nspec:\n  selectors:\n    - {field: memory.bytes, op: Gt, values: [1TiB]}\n".into(),
+    })
+    .await
+    .unwrap();
+    let classes = get(&mut c, &a0.id).await.status.unwrap().server_classes;
+    let by_name = |n: &str| classes.iter().find(|m| m.name == n).unwrap().clone();
+    assert!(by_name("labs").matches);
+    let huge = by_name("huge");
+    assert!(
+        !huge.matches && huge.reasons[0].contains("memory.bytes"),
+        "{huge:?}"
+    );
     // A bad resource is refused whole.
     let bad = c
         .apply_resource(ApplyResourceRequest {
@@ -488,6 +503,27 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
         .unwrap()
         .into_inner();
     assert!(r.json.contains(&agents[2].id));
+    // Its install is handed over (kexec) but nothing ever fetches the config: after the
+    // install timeout the server is dirty, with the reason, and its binding is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = get(&mut c, &agents[2].id).await;
+        if phase(&s) == "dirty" {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the install never timed out: {s:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let st = s.status.unwrap();
+    assert!(
+        st.reason.contains("did not fetch its config within 5 s"),
+        "{}",
+        st.reason
+    );
+    assert!(st.binding.is_empty());
 
     // Release: the binding and the token go, the server is wiped and clean again.
     let t = Instant::now();

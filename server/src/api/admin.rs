@@ -88,6 +88,10 @@ impl AdminService for AdminApi {
             st.recent_logs = self.sessions.recent_logs(id);
             st.progress = self.sessions.progress(id);
         }
+        let classes = self.resources.class_matches(&s).await?;
+        if let Some(st) = s.status.as_mut() {
+            st.server_classes = classes;
+        }
         Ok(Response::new(s))
     }
 

@@ -245,6 +245,42 @@ impl ResourcesApi {
         }
     }
 
+    /// Every ServerClass and whether `s` is in it, with the failed selectors.
+    pub async fn class_matches(
+        &self,
+        s: &siderite::proto::admin::v1::Server,
+    ) -> Result<Vec<siderite::proto::admin::v1::ClassMatch>, Status> {
+        let hw = s
+            .status
+            .as_ref()
+            .and_then(|st| st.hardware.clone())
+            .unwrap_or_default();
+        let labels: BTreeMap<String, String> = s
+            .metadata
+            .as_ref()
+            .map(|m| m.labels.clone().into_iter().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (key, v) in self
+            .store
+            .list(SERVER_CLASSES)
+            .await
+            .map_err(store_status)?
+        {
+            let Ok(class) = ServerClass::parse(&String::from_utf8_lossy(&v.value)) else {
+                tracing::error!(%key, "corrupt ServerClass skipped");
+                continue;
+            };
+            let reasons = class.explain(&hw, &labels);
+            out.push(siderite::proto::admin::v1::ClassMatch {
+                name: class.metadata.name.clone(),
+                matches: reasons.is_empty(),
+                reasons,
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn server_class(&self, name: &str) -> Result<ServerClass, Status> {
         let v = self
             .store

@@ -500,6 +500,16 @@ pub fn describe(s: &Server, now: time::OffsetDateTime) -> String {
             let _ = writeln!(o, "  {}: {}", d.disk, d.notes.join("; "));
         }
     }
+    if !st.server_classes.is_empty() {
+        let _ = writeln!(o, "\nServer classes:");
+        for c in &st.server_classes {
+            if c.matches {
+                let _ = writeln!(o, "  {:<24}matches", c.name);
+            } else {
+                let _ = writeln!(o, "  {:<24}no: {}", c.name, c.reasons.join("; "));
+            }
+        }
+    }
     let _ = writeln!(o, "\nConditions:");
     let mut t = Table::new(["TYPE", "STATUS", "REASON", "MESSAGE"]);
     for c in &st.conditions {
