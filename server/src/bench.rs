@@ -1,4 +1,5 @@
-//! `siderite bench`: simulated agents over loopback against a server process.
+//! `siderite bench`: simulated agents over loopback against a server process, and the
+//! store's own transaction rate (`bench store`, in-process on either backend).
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -205,4 +206,220 @@ pub async fn sessions(agents: u32, concurrency: usize) -> anyhow::Result<String>
         idle_rss >> 20,
         (rss.saturating_sub(idle_rss)) as f64 / n as f64 / 1024.0
     ))
+}
+
+/// How a `bench store` write is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreWrite {
+    /// One put, no precondition: the ceiling.
+    Plain,
+    /// The precondition that the key is as last read, then one put: a Server update.
+    Cas,
+}
+
+struct StoreRun {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    conflicts: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// Rounds of each kind in `bench store`.
+const STORE_ROUNDS: u32 = 4;
+
+impl StoreRun {
+    fn empty() -> Self {
+        Self {
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+            conflicts: 0,
+            failed: 0,
+            first_error: None,
+        }
+    }
+
+    fn add(&mut self, other: StoreRun) {
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.conflicts += other.conflicts;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn line(&self, label: &str) -> String {
+        format!(
+            "  {label:<32} {:>8.0} txn/s  p50 {:.2} ms  p99 {:.2} ms  conflicts {}  failed {}{}\n",
+            self.rate(),
+            percentile(&self.latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&self.latencies, 0.99).as_secs_f64() * 1e3,
+            self.conflicts,
+            self.failed,
+            self.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// `ops` writes of `value` by `concurrency` writers, each on its own key under `prefix`.
+async fn store_writes(
+    store: Arc<dyn crate::store::Store>,
+    how: StoreWrite,
+    prefix: &str,
+    ops: u32,
+    concurrency: usize,
+    value: Arc<Vec<u8>>,
+) -> StoreRun {
+    use crate::store::{Precondition, Txn, TxnOutcome};
+    let writers = concurrency.clamp(1, ops.max(1) as usize);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let n = ops as usize / writers + usize::from(w < ops as usize % writers);
+        let (store, value, key) = (store.clone(), value.clone(), format!("{prefix}/{w:05}"));
+        tasks.push(tokio::spawn(async move {
+            let mut run = StoreRun::empty();
+            // The revision this writer last saw its key at (none: not created yet).
+            let mut seen = None;
+            for _ in 0..n {
+                let txn = match (how, seen) {
+                    (StoreWrite::Plain, _) => Txn::new(),
+                    (StoreWrite::Cas, None) => {
+                        Txn::new().require(Precondition::Absent(key.clone()))
+                    }
+                    (StoreWrite::Cas, Some(r)) => {
+                        Txn::new().require(Precondition::At(key.clone(), r))
+                    }
+                };
+                let t = Instant::now();
+                match store.txn(txn.put(key.clone(), value.to_vec())).await {
+                    Ok(TxnOutcome::Committed(r)) => {
+                        run.latencies.push(t.elapsed());
+                        seen = Some(r);
+                    }
+                    Ok(TxnOutcome::Conflict(_)) => run.conflicts += 1,
+                    Err(e) => {
+                        run.failed += 1;
+                        run.first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            run
+        }));
+    }
+    let mut all = StoreRun::empty();
+    for t in tasks {
+        match t.await {
+            Ok(mut run) => {
+                // The writers ran side by side: the wall time is measured below.
+                run.elapsed = Duration::ZERO;
+                all.add(run);
+            }
+            Err(e) => {
+                all.failed += 1;
+                all.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+/// `siderite bench store`: CAS transactions per second against plain puts of the same
+/// size, in-process on the store `url` names. The embedded store is a fresh one in a
+/// temporary directory; on etcd everything is written under a namespace of its own, which
+/// is deleted afterwards.
+pub async fn store(
+    url: &crate::store::StoreUrl,
+    ops: u32,
+    concurrency: usize,
+    value_bytes: usize,
+) -> anyhow::Result<String> {
+    use crate::store::{EmbeddedStore, EtcdStore, Store, StoreUrl, Txn};
+    let scratch = tempfile::tempdir()?;
+    let (store, what): (Arc<dyn Store>, String) = match url {
+        StoreUrl::Embedded => (
+            Arc::new(EmbeddedStore::open(&scratch.path().join("store"))?),
+            "embedded (a fresh store on this disk)".into(),
+        ),
+        StoreUrl::Etcd {
+            endpoints,
+            namespace,
+        } => {
+            let ns = format!("{namespace}bench-{}/", uuid::Uuid::new_v4().simple());
+            let what = format!("etcd at {} (namespace {ns})", endpoints.join(","));
+            (Arc::new(EtcdStore::connect(endpoints, &ns).await?), what)
+        }
+    };
+    let value: Arc<Vec<u8>> = Arc::new((0..value_bytes).map(|_| rand::random()).collect());
+    // Warm up connections, caches and the file before measuring.
+    let warm = (ops / 10).clamp(1, 1000);
+    store_writes(
+        store.clone(),
+        StoreWrite::Plain,
+        "warm",
+        warm,
+        concurrency,
+        value.clone(),
+    )
+    .await;
+    // Rounds that alternate which kind goes first, so neither gains from going second
+    // (a warmer cache, a larger file).
+    let mut plain = StoreRun::empty();
+    let mut cas = StoreRun::empty();
+    for round in 0..STORE_ROUNDS {
+        let n = ops / STORE_ROUNDS + u32::from(round < ops % STORE_ROUNDS);
+        let order = if round % 2 == 0 {
+            [StoreWrite::Plain, StoreWrite::Cas]
+        } else {
+            [StoreWrite::Cas, StoreWrite::Plain]
+        };
+        for how in order {
+            let (total, prefix) = match how {
+                StoreWrite::Plain => (&mut plain, format!("plain{round}")),
+                StoreWrite::Cas => (&mut cas, format!("cas{round}")),
+            };
+            let run =
+                store_writes(store.clone(), how, &prefix, n, concurrency, value.clone()).await;
+            total.add(run);
+        }
+    }
+    plain.latencies.sort();
+    cas.latencies.sort();
+    let mut cleanup = None;
+    if matches!(url, StoreUrl::Etcd { .. }) {
+        let keys: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
+        for chunk in keys.chunks(100) {
+            let mut txn = Txn::new();
+            for k in chunk {
+                txn = txn.delete(k.clone());
+            }
+            store.txn(txn).await?;
+        }
+        cleanup = Some(keys.len());
+    }
+    let mut out = format!(
+        "bench store: {what}\n  {ops} writes of {value_bytes} B per kind in {STORE_ROUNDS} alternating rounds, {} writers, each on its own key\n",
+        concurrency.clamp(1, (ops / STORE_ROUNDS).max(1) as usize)
+    );
+    out += &plain.line("plain put (1 put)");
+    out += &cas.line("CAS (1 precondition + 1 put)");
+    out += &format!(
+        "  CAS / plain: {:.2} of the throughput, {:.2}x the p50 latency\n",
+        cas.rate() / plain.rate(),
+        percentile(&cas.latencies, 0.5).as_secs_f64()
+            / percentile(&plain.latencies, 0.5).as_secs_f64().max(1e-9)
+    );
+    if let Some(n) = cleanup {
+        out += &format!("  deleted the bench's {n} keys\n");
+    }
+    Ok(out)
 }

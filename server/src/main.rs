@@ -7,6 +7,7 @@ use siderite_server::accept::AutoAccept;
 use siderite_server::boot::service::BootConfig;
 use siderite_server::cli::{self, Output};
 use siderite_server::serve::{self, Deps, ServeConfig};
+use siderite_server::store::{self, backup, StoreUrl};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,10 @@ enum Cmd {
     Serve {
         #[arg(long, default_value = "/var/lib/siderite")]
         data_dir: PathBuf,
+        /// embedded (the redb file under --data-dir) or
+        /// etcd://host:port[,host:port...][/namespace] (namespace default /siderite).
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
         #[arg(long, default_value = "0.0.0.0:7070")]
         listen: SocketAddr,
         /// Health, readiness and metrics endpoint.
@@ -154,6 +159,35 @@ enum Cmd {
         #[command(subcommand)]
         what: LabWhat,
     },
+    /// Write every key of a store (secrets included) to a file. Offline: for the embedded
+    /// store, stop the server first (the store allows one process at a time).
+    Backup {
+        /// embedded or etcd://host:port[,host:port...][/namespace].
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        /// Where the embedded store is.
+        #[arg(long, default_value = "/var/lib/siderite")]
+        data_dir: PathBuf,
+        /// The backup file (JSON lines, mode 0600; written to FILE.tmp, then renamed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a backup file's keys into a store. Refuses a corrupt or truncated file, and a
+    /// store that is not empty unless --force.
+    Restore {
+        /// embedded or etcd://host:port[,host:port...][/namespace].
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        /// Where the embedded store is.
+        #[arg(long, default_value = "/var/lib/siderite")]
+        data_dir: PathBuf,
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Replace a non-empty store's contents: keys the backup lacks are deleted.
+        #[arg(long)]
+        force: bool,
+    },
     /// Benchmarks with simulated agents over loopback.
     Bench {
         #[command(subcommand)]
@@ -234,6 +268,21 @@ enum LabWhat {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Store transactions: CAS writes (1 precondition + 1 put, like a Server update) per
+    /// second against plain puts of the same size, on the store given.
+    Store {
+        /// embedded (a fresh temporary store) or etcd://host:port[,...][/namespace]; on
+        /// etcd the bench writes under <namespace>bench-<random>/ and deletes it after.
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        #[arg(long, default_value_t = 10_000)]
+        ops: u32,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Bytes per value (a registered Server is about 2 KiB).
+        #[arg(long, default_value_t = 2048)]
+        value_bytes: usize,
+    },
     /// Registrations per second and latency.
     Register {
         #[arg(long, default_value_t = 10_000)]
@@ -287,6 +336,7 @@ fn main() -> anyhow::Result<()> {
         let out = match cli.cmd {
             Cmd::Serve {
                 data_dir,
+                store,
                 listen,
                 http_listen,
                 auto_accept,
@@ -336,7 +386,8 @@ fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     },
                 };
-                let deps = Deps::embedded(&config)?;
+                tracing::info!(%store, "opening the store");
+                let deps = Deps::from_store_url(&config, &store).await?;
                 serve::run(config, deps, shutdown_signal()).await?;
                 return Ok(());
             }
@@ -452,6 +503,44 @@ fn main() -> anyhow::Result<()> {
             Cmd::Bench {
                 what: BenchWhat::Tftp { clients, file_mb },
             } => siderite_server::boot::tftp_bench::bench(clients, file_mb).await?,
+            Cmd::Bench {
+                what:
+                    BenchWhat::Store {
+                        store,
+                        ops,
+                        concurrency,
+                        value_bytes,
+                    },
+            } => siderite_server::bench::store(&store, ops, concurrency, value_bytes).await?,
+            Cmd::Backup {
+                store,
+                data_dir,
+                out,
+            } => {
+                let s = store::open(&store, &data_dir).await?;
+                let done = backup::backup(&*s, &out).await?;
+                format!(
+                    "backup: {} keys of {store} written to {} ({} bytes)\n",
+                    done.keys,
+                    out.display(),
+                    done.bytes
+                )
+            }
+            Cmd::Restore {
+                store,
+                data_dir,
+                input,
+                force,
+            } => {
+                let s = store::open(&store, &data_dir).await?;
+                let done = backup::restore(&*s, &input, force).await?;
+                format!(
+                    "restore: {} keys from {} written to {store}, {} deleted\n",
+                    done.written,
+                    input.display(),
+                    done.deleted
+                )
+            }
         };
         print!("{out}");
         Ok(())

@@ -58,8 +58,15 @@ impl EmbeddedStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db =
-            Database::create(dir.join("siderite.redb")).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(dir.join("siderite.redb")).map_err(|e| match e {
+            // redb locks its file: one process at a time (the server, or an offline tool).
+            redb::DatabaseError::DatabaseAlreadyOpen => open_err(
+                "the database is already open in another process (a running `siderite serve`?); \
+                 stop it first: the embedded store allows one process at a time"
+                    .into(),
+            ),
+            e => open_err(e.to_string()),
+        })?;
         let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {
             w.open_table(KV).map_err(|e| open_err(e.to_string()))?;
@@ -225,18 +232,51 @@ mod tests {
     use super::*;
     use crate::store::suite;
 
-    #[tokio::test]
-    async fn suite_cas_and_atomicity() {
+    fn fresh() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        suite::cas_and_atomicity(&store).await;
+        (dir, store)
+    }
+
+    macro_rules! suite_case {
+        ($name:ident) => {
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, store) = fresh();
+                suite::$name(&store).await;
+            }
+        };
+    }
+
+    suite_case!(cas_and_atomicity);
+    suite_case!(conflict_names_the_first_failing_key);
+    suite_case!(list_order_and_prefix_isolation);
+    suite_case!(delete_with_precondition);
+    suite_case!(revisions_strictly_increase);
+    suite_case!(last_op_on_a_key_wins);
+    suite_case!(values_are_bytes);
+
+    #[tokio::test]
+    async fn many_keys_listed_in_order() {
+        let (_dir, store) = fresh();
+        suite::many_keys_listed_in_order(&store, 2_000).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn suite_concurrent_creates() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        suite::concurrent_creates_have_one_winner(store).await;
+        let (_dir, store) = fresh();
+        suite::concurrent_creates_have_one_winner(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn suite_run_all() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        suite::run_all(|| {
+            let (dir, store) = fresh();
+            dirs.lock().unwrap().push(dir);
+            async move { Arc::new(store) as Arc<dyn Store> }
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -250,5 +290,18 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.get("k").await.unwrap().unwrap().value, b"v".to_vec());
+    }
+
+    #[test]
+    fn a_second_open_says_why() {
+        let (dir, _store) = fresh();
+        let err = EmbeddedStore::open(dir.path())
+            .err()
+            .expect("a second open fails");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("already open") && msg.contains("siderite serve"),
+            "{msg}"
+        );
     }
 }

@@ -1,10 +1,17 @@
 //! The store: a key-value space with revisions and atomic compare-and-swap transactions.
 //! Everything that must not race (registrations, UUID and MAC claims, acceptance) is one
 //! transaction whose preconditions name the revisions it read. The embedded backend is
-//! the default; the same trait is what a distributed backend implements.
+//! the default (`embedded`); `etcd` is the distributed backend for several replicas. Both
+//! pass the same behaviour suite ([`suite`]).
+pub mod backup;
 mod embedded;
+pub mod etcd;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -99,10 +106,129 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
 }
 
-#[cfg(test)]
-pub(crate) mod suite {
-    //! The behaviour every backend must show; each backend's tests call these.
+/// Where the store lives, as `siderite serve --store` and the backup tools take it:
+/// `embedded` (the redb file under the data directory) or
+/// `etcd://host:port[,host:port...][/namespace]` (namespace default `/siderite/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Embedded,
+    Etcd {
+        /// `host:port` of each member; the client balances across them.
+        endpoints: Vec<String>,
+        /// Prefix of every key, `/name/`.
+        namespace: String,
+    },
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const EXPECTED: &str =
+            "expected `embedded` or `etcd://host:port[,host:port...][/namespace]`";
+        if s == "embedded" {
+            return Ok(StoreUrl::Embedded);
+        }
+        let Some(rest) = s.strip_prefix("etcd://") else {
+            return Err(format!("store {s:?}: {EXPECTED}"));
+        };
+        let (hosts, namespace) = match rest.split_once('/') {
+            Some((hosts, ns)) => (hosts, ns.trim_matches('/')),
+            None => (rest, ""),
+        };
+        let mut endpoints = Vec::new();
+        for e in hosts.split(',') {
+            let valid = e
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(format!(
+                    "store {s:?}: endpoint {e:?} is not host:port; {EXPECTED}"
+                ));
+            }
+            endpoints.push(e.to_string());
+        }
+        let namespace = if namespace.is_empty() {
+            etcd::DEFAULT_NAMESPACE.to_string()
+        } else {
+            format!("/{namespace}/")
+        };
+        Ok(StoreUrl::Etcd {
+            endpoints,
+            namespace,
+        })
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Embedded => f.write_str("embedded"),
+            StoreUrl::Etcd {
+                endpoints,
+                namespace,
+            } => write!(
+                f,
+                "etcd://{}{}",
+                endpoints.join(","),
+                namespace.trim_end_matches('/')
+            ),
+        }
+    }
+}
+
+/// Opens the store `url` names; `data_dir` is where the embedded one keeps its file.
+pub async fn open(url: &StoreUrl, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        StoreUrl::Embedded => Arc::new(EmbeddedStore::open(data_dir)?),
+        StoreUrl::Etcd {
+            endpoints,
+            namespace,
+        } => Arc::new(EtcdStore::connect(endpoints, namespace).await?),
+    })
+}
+
+/// The behaviour every backend must show. Each backend's tests call these on an empty
+/// store (the embedded unit tests, and `tests/tests/etcd_store.rs` against a real etcd);
+/// [`suite::run_all`] runs every case, each on a fresh store.
+pub mod suite {
+    use std::future::Future;
+
     use super::*;
+
+    /// Every case below, each on a store `fresh` returns empty.
+    pub async fn run_all<F, Fut>(mut fresh: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Arc<dyn Store>>,
+    {
+        cas_and_atomicity(&*fresh().await).await;
+        concurrent_creates_have_one_winner(fresh().await).await;
+        conflict_names_the_first_failing_key(&*fresh().await).await;
+        list_order_and_prefix_isolation(&*fresh().await).await;
+        delete_with_precondition(&*fresh().await).await;
+        revisions_strictly_increase(&*fresh().await).await;
+        last_op_on_a_key_wins(&*fresh().await).await;
+        values_are_bytes(&*fresh().await).await;
+        many_keys_listed_in_order(&*fresh().await, 2_000).await;
+    }
+
+    fn committed(out: TxnOutcome) -> Revision {
+        match out {
+            TxnOutcome::Committed(r) => r,
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+
+    async fn keys(store: &dyn Store, prefix: &str) -> Vec<String> {
+        store
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
 
     pub async fn cas_and_atomicity(store: &dyn Store) {
         let out = store
@@ -170,20 +296,13 @@ pub(crate) mod suite {
             )
             .await
             .unwrap();
-        let listed: Vec<String> = store
-            .list("p/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(listed, vec!["p/1".to_string(), "p/2".to_string()]);
+        assert_eq!(keys(store, "p/").await, vec!["p/1", "p/2"]);
 
         store.txn(Txn::new().delete("p/1")).await.unwrap();
         assert!(store.get("p/1").await.unwrap().is_none());
     }
 
-    pub async fn concurrent_creates_have_one_winner(store: std::sync::Arc<dyn Store>) {
+    pub async fn concurrent_creates_have_one_winner(store: Arc<dyn Store>) {
         let mut tasks = Vec::new();
         for i in 0..32u8 {
             let s = store.clone();
@@ -197,12 +316,312 @@ pub(crate) mod suite {
                 .unwrap()
             }));
         }
-        let mut winners = 0;
-        for t in tasks {
-            if matches!(t.await.unwrap(), TxnOutcome::Committed(_)) {
-                winners += 1;
+        let mut winners = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                TxnOutcome::Committed(_) => winners.push(i as u8),
+                TxnOutcome::Conflict(k) => assert_eq!(k, "claim"),
             }
         }
-        assert_eq!(winners, 1);
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let stored = store.get("claim").await.unwrap().unwrap();
+        assert_eq!(stored.value, winners);
+    }
+
+    /// Preconditions are checked in order; the conflict names the first that fails.
+    pub async fn conflict_names_the_first_failing_key(store: &dyn Store) {
+        let r = committed(
+            store
+                .txn(Txn::new().put("x", b"x".to_vec()).put("y", b"y".to_vec()))
+                .await
+                .unwrap(),
+        );
+        let out = store
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("x".into(), r))
+                    .require(Precondition::Absent("y".into()))
+                    .require(Precondition::At("z".into(), r))
+                    .put("w", b"w".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, TxnOutcome::Conflict("y".into()));
+        // `At` on a key that does not exist fails, whatever the revision.
+        let out = store
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("x".into(), r))
+                    .require(Precondition::At("z".into(), r))
+                    .put("w", b"w".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, TxnOutcome::Conflict("z".into()));
+        assert!(store.get("w").await.unwrap().is_none());
+        // `At` on an existing key with any other revision fails.
+        for wrong in [0, r - 1, r + 1] {
+            let out = store
+                .txn(
+                    Txn::new()
+                        .require(Precondition::At("x".into(), wrong))
+                        .put("w", b"w".to_vec()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(out, TxnOutcome::Conflict("x".into()), "At(x, {wrong})");
+        }
+        assert!(store.get("w").await.unwrap().is_none());
+    }
+
+    /// Keys come back in byte order; a prefix never matches a longer sibling ("a/" vs "ab/").
+    pub async fn list_order_and_prefix_isolation(store: &dyn Store) {
+        let written = [
+            "b/1", "ab/1", "a/2", "a", "a/10", "a0", "a/", "a/1", "a/\u{e9}", "a/Z", "ab",
+        ];
+        let mut txn = Txn::new();
+        for k in written {
+            txn = txn.put(k, k.as_bytes().to_vec());
+        }
+        committed(store.txn(txn).await.unwrap());
+        assert_eq!(
+            keys(store, "a/").await,
+            vec!["a/", "a/1", "a/10", "a/2", "a/Z", "a/\u{e9}"]
+        );
+        assert_eq!(keys(store, "ab/").await, vec!["ab/1"]);
+        assert_eq!(keys(store, "ab").await, vec!["ab", "ab/1"]);
+        assert_eq!(keys(store, "b/").await, vec!["b/1"]);
+        assert!(keys(store, "c/").await.is_empty());
+        assert!(keys(store, "a/1/").await.is_empty());
+        let mut all: Vec<String> = written.iter().map(|k| k.to_string()).collect();
+        all.sort();
+        assert_eq!(keys(store, "").await, all);
+        for (k, v) in store.list("").await.unwrap() {
+            assert_eq!(v.value, k.as_bytes(), "value of {k}");
+        }
+    }
+
+    /// A delete can carry a precondition like a put; a stale or absent key conflicts.
+    pub async fn delete_with_precondition(store: &dyn Store) {
+        let r1 = committed(store.txn(Txn::new().put("d", b"1".to_vec())).await.unwrap());
+        let r2 = committed(store.txn(Txn::new().put("d", b"2".to_vec())).await.unwrap());
+        let stale = store
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("d".into(), r1))
+                    .delete("d"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stale, TxnOutcome::Conflict("d".into()));
+        assert_eq!(store.get("d").await.unwrap().unwrap().revision, r2);
+        committed(
+            store
+                .txn(
+                    Txn::new()
+                        .require(Precondition::At("d".into(), r2))
+                        .delete("d"),
+                )
+                .await
+                .unwrap(),
+        );
+        assert!(store.get("d").await.unwrap().is_none());
+        let gone = store
+            .txn(
+                Txn::new()
+                    .require(Precondition::At("d".into(), r2))
+                    .delete("d"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(gone, TxnOutcome::Conflict("d".into()));
+        // Deleted means absent: it can be created again, and deleting nothing is no error.
+        committed(
+            store
+                .txn(
+                    Txn::new()
+                        .require(Precondition::Absent("d".into()))
+                        .put("d", b"3".to_vec()),
+                )
+                .await
+                .unwrap(),
+        );
+        committed(store.txn(Txn::new().delete("never")).await.unwrap());
+    }
+
+    /// Every committed write gets a larger revision; a key keeps the revision of the
+    /// transaction that last wrote it, whatever else is written later.
+    pub async fn revisions_strictly_increase(store: &dyn Store) {
+        let first = committed(store.txn(Txn::new().put("r/old", vec![0])).await.unwrap());
+        let mut last = first;
+        for i in 0..20u8 {
+            let key = format!("r/{}", i % 3);
+            let read = store.get(&key).await.unwrap();
+            let r = committed(
+                store
+                    .txn(
+                        Txn::new()
+                            .require(Precondition::unchanged(&key, read.as_ref()))
+                            .put(&key, vec![i]),
+                    )
+                    .await
+                    .unwrap(),
+            );
+            assert!(r > last, "revision {r} after {last}");
+            last = r;
+            assert_eq!(store.get(&key).await.unwrap().unwrap().revision, r);
+        }
+        assert_eq!(store.get("r/old").await.unwrap().unwrap().revision, first);
+        for (k, v) in store.list("r/").await.unwrap() {
+            assert_eq!(
+                Some(v),
+                store.get(&k).await.unwrap(),
+                "list and get agree on {k}"
+            );
+        }
+        // A delete is a write too.
+        let d = committed(store.txn(Txn::new().delete("r/0")).await.unwrap());
+        assert!(d > last);
+    }
+
+    /// Ops apply in order: the last op on a key decides what is stored.
+    pub async fn last_op_on_a_key_wins(store: &dyn Store) {
+        committed(
+            store
+                .txn(
+                    Txn::new()
+                        .put("k", b"1".to_vec())
+                        .put("k", b"2".to_vec())
+                        .put("j", b"1".to_vec())
+                        .delete("j"),
+                )
+                .await
+                .unwrap(),
+        );
+        assert_eq!(store.get("k").await.unwrap().unwrap().value, b"2".to_vec());
+        assert!(store.get("j").await.unwrap().is_none());
+        committed(
+            store
+                .txn(Txn::new().delete("k").put("k", b"3".to_vec()))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(store.get("k").await.unwrap().unwrap().value, b"3".to_vec());
+    }
+
+    /// Values are bytes: empty, every byte value, and large ones come back unchanged.
+    pub async fn values_are_bytes(store: &dyn Store) {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let large: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        committed(
+            store
+                .txn(
+                    Txn::new()
+                        .put("v/empty", Vec::new())
+                        .put("v/all", all.clone())
+                        .put("v/large", large.clone()),
+                )
+                .await
+                .unwrap(),
+        );
+        let empty = store
+            .get("v/empty")
+            .await
+            .unwrap()
+            .expect("an empty value exists");
+        assert!(empty.value.is_empty());
+        assert_eq!(store.get("v/all").await.unwrap().unwrap().value, all);
+        assert_eq!(store.get("v/large").await.unwrap().unwrap().value, large);
+        // An empty value is a present key, not an absent one.
+        let out = store
+            .txn(
+                Txn::new()
+                    .require(Precondition::Absent("v/empty".into()))
+                    .put("v/empty", b"x".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, TxnOutcome::Conflict("v/empty".into()));
+    }
+
+    /// `n` keys written in transactions of 100 in scrambled order come back whole and in
+    /// order (a backend that pages its lists must stitch the pages together).
+    pub async fn many_keys_listed_in_order(store: &dyn Store, n: usize) {
+        assert!(n > 0);
+        let mut order: Vec<usize> = (0..n).collect();
+        // A fixed shuffle: a stride coprime with n.
+        let stride = (1..).map(|s| 7919 + s).find(|s| gcd(*s, n) == 1).unwrap();
+        for (i, slot) in order.iter_mut().enumerate() {
+            *slot = i * stride % n;
+        }
+        for chunk in order.chunks(100) {
+            let mut txn = Txn::new();
+            for i in chunk {
+                txn = txn.put(format!("many/{i:06}"), i.to_le_bytes().to_vec());
+            }
+            committed(store.txn(txn).await.unwrap());
+        }
+        committed(store.txn(Txn::new().put("many0", vec![])).await.unwrap());
+        let listed = store.list("many/").await.unwrap();
+        assert_eq!(listed.len(), n);
+        for (i, (k, v)) in listed.iter().enumerate() {
+            assert_eq!(k, &format!("many/{i:06}"));
+            assert_eq!(v.value, i.to_le_bytes().to_vec(), "value of {k}");
+        }
+    }
+
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!("embedded".parse::<StoreUrl>(), Ok(StoreUrl::Embedded));
+        let etcd = |e: &[&str], ns: &str| StoreUrl::Etcd {
+            endpoints: e.iter().map(|s| s.to_string()).collect(),
+            namespace: ns.into(),
+        };
+        assert_eq!(
+            "etcd://127.0.0.1:2379".parse::<StoreUrl>(),
+            Ok(etcd(&["127.0.0.1:2379"], "/siderite/"))
+        );
+        assert_eq!(
+            "etcd://a:1,b:2,[::1]:3/prod".parse::<StoreUrl>(),
+            Ok(etcd(&["a:1", "b:2", "[::1]:3"], "/prod/"))
+        );
+        assert_eq!(
+            "etcd://a:1/site/rack1/".parse::<StoreUrl>(),
+            Ok(etcd(&["a:1"], "/site/rack1/"))
+        );
+        assert_eq!(
+            "etcd://a:1/".parse::<StoreUrl>(),
+            Ok(etcd(&["a:1"], "/siderite/"))
+        );
+        for bad in [
+            "",
+            "redb",
+            "etcd://",
+            "etcd://host",
+            "etcd://a:1,",
+            "etcd://:1",
+            "etcd://a:x",
+        ] {
+            let err = bad.parse::<StoreUrl>().unwrap_err();
+            assert!(err.contains("etcd://host:port"), "{bad}: {err}");
+        }
+        // Display is what parses back.
+        for url in ["embedded", "etcd://a:1,b:2/prod", "etcd://a:1/siderite"] {
+            let parsed: StoreUrl = url.parse().unwrap();
+            assert_eq!(parsed.to_string(), url);
+        }
     }
 }
