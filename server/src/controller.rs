@@ -159,6 +159,8 @@ pub struct Controller {
     pub config: LifecycleConfig,
     /// `http://HOST:PORT` of the boot HTTP server (assets and metadata), once it listens.
     boot_base: std::sync::OnceLock<String>,
+    /// Whether this replica runs the once-per-site work (install timeouts).
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
 
 impl Controller {
@@ -174,7 +176,17 @@ impl Controller {
             environments,
             config,
             boot_base: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Follows a leader lease; without one this replica is the only one (and leads).
+    pub fn set_leadership(&self, l: crate::leader::Leadership) {
+        let _ = self.leadership.set(l);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership.get().is_none_or(|l| l.is_leader())
     }
 
     pub fn set_boot_base(&self, base: String) {
@@ -516,13 +528,11 @@ impl Controller {
             }
             (Phase::Installing, "done") => {
                 // The agent handed over (kexec) or wrote the image: the install succeeds
-                // when the installed system fetches its config.
+                // when the installed system fetches its config. The agent's TCP session
+                // may linger until keepalive notices; the registry knows that a new boot
+                // sharing a NIC with a live session is this machine restarted.
                 self.note(id, "InstallHandedOver", &ack.message, false)
                     .await?;
-                // The agent is going away (kexec or reboot): its TCP session may linger
-                // until keepalive notices; the next boot must not look like a second
-                // machine holding this one's session.
-                self.sessions.kick(id);
             }
             (_, "accepted") => {}
             (phase, other) => {
@@ -651,7 +661,7 @@ impl Controller {
                 _ = tick.tick() => {
                     self.reconcile().await;
                     // The full scan is rarer: it reads every server.
-                    if n % EXPIRY_EVERY_TICKS == 0 {
+                    if n.is_multiple_of(EXPIRY_EVERY_TICKS) && self.is_leader() {
                         self.expire_installs().await;
                     }
                     n += 1;

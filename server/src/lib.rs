@@ -14,6 +14,7 @@ pub mod fake;
 pub mod fetch;
 pub mod http;
 pub mod lab;
+pub mod leader;
 pub mod lifecycle;
 pub mod machineconfig;
 pub mod metadata;

@@ -18,7 +18,7 @@ use crate::controller::Controller;
 use crate::environment::Environments;
 use crate::registry::{Limits, Registry};
 use crate::sessions::Sessions;
-use crate::store::{EmbeddedStore, Store};
+use crate::store::{EmbeddedStore, Store, StoreUrl};
 
 /// Largest message an agent or operator may send (a register with thousands of disks fits).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -51,8 +51,20 @@ impl Deps {
     pub fn embedded(config: &ServeConfig) -> anyhow::Result<Self> {
         let store = EmbeddedStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        Self::with_store(config, Arc::new(store))
+    }
+
+    /// The store `url` names (`embedded`: the redb file under `--data-dir`; `etcd://...`);
+    /// the rest as [`Deps::embedded`].
+    pub async fn from_store_url(config: &ServeConfig, url: &StoreUrl) -> anyhow::Result<Self> {
+        // The store's errors name it (its path or its endpoints).
+        let store = crate::store::open(url, &config.data_dir).await?;
+        Self::with_store(config, store)
+    }
+
+    pub fn with_store(config: &ServeConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         Ok(Self {
-            store: Arc::new(store),
+            store,
             sessions: Arc::new(Sessions::default()),
             environments: Arc::new(Environments::new()),
             fetcher: Arc::new(
@@ -95,6 +107,7 @@ pub async fn run(
     let environments = EnvironmentsApi {
         store: deps.store.clone(),
         catalog: deps.environments.clone(),
+        loaded: Default::default(),
         fetcher: deps.fetcher.clone(),
     };
     let loaded = environments
@@ -104,6 +117,7 @@ pub async fn run(
     if loaded > 0 {
         tracing::info!(count = loaded, "environments loaded");
     }
+    let environments_sync = environments.clone();
     let admin = AdminApi {
         store: deps.store.clone(),
         sessions: deps.sessions.clone(),
@@ -114,7 +128,44 @@ pub async fn run(
         controller: controller.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let replica = format!(
+        "{}@{local}",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "siderite".into())
+    );
+    controller.set_leadership(
+        crate::leader::Lease {
+            store: deps.store.clone(),
+            name: replica,
+            ttl: std::time::Duration::from_secs(10),
+        }
+        .spawn(stop_rx.clone()),
+    );
     let reconcile = tokio::spawn(controller.clone().run(stop_rx.clone()));
+    // Environments applied through another replica reach this one's catalog.
+    let env_sync = {
+        let envs = environments_sync;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = envs.sync().await {
+                            tracing::warn!(error = %e, "environments: syncing with the store");
+                        }
+                    }
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
     let mut http_task = None;
     if let Some(addr) = config.http_listen {
         let l = tokio::net::TcpListener::bind(addr)
@@ -157,6 +208,7 @@ pub async fn run(
     let result = grpc.await.context("gRPC server");
     let _ = stop_tx.send(true);
     let _ = reconcile.await;
+    let _ = env_sync.await;
     if let Some(t) = http_task {
         let _ = t.await;
     }

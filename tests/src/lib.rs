@@ -1,6 +1,8 @@
 //! Shared helpers of siderite's end-to-end tests: servers in-process and as processes,
 //! simulated agents, raw gRPC calls for hostile input, network labs for QEMU machines.
 pub mod boot;
+pub mod etcd;
+pub mod fleet;
 pub mod netlab;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,16 +149,15 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(data_dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Listening on `listen` (a fixed port survives a restart: agents find it again).
+    pub async fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let addr_file = data_dir.with_extension("addr");
         let _ = std::fs::remove_file(&addr_file);
         let child = std::process::Command::new(workspace_bin("siderite"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-http",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", listen, "--no-http", "--data-dir"])
             .arg(data_dir)
             .arg("--addr-file")
             .arg(&addr_file)

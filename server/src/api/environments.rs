@@ -23,6 +23,11 @@ fn key(name: &str) -> String {
 pub struct EnvironmentsApi {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Environments>,
+    /// The store revision of each Environment the catalog holds, so that [`sync`] picks
+    /// up what another replica applied or deleted.
+    ///
+    /// [`sync`]: EnvironmentsApi::sync
+    pub loaded: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// file:// and http:// assets; downloads are cached by sha512.
     pub fetcher: Arc<HttpFetcher>,
 }
@@ -48,10 +53,14 @@ impl EnvironmentsApi {
             .apply(env.clone(), &self.fetcher.expecting(&env))
             .await;
         let json = to_json(&env)?;
-        self.store
+        let out = self
+            .store
             .txn(Txn::new().put(key(env.name()), json.clone().into_bytes()))
             .await
             .map_err(store_status)?;
+        if let crate::store::TxnOutcome::Committed(rev) = out {
+            self.loaded_revs().insert(env.name().to_string(), rev);
+        }
         tracing::info!(
             environment = env.name(),
             ready = env.status.ready,
@@ -97,24 +106,51 @@ impl EnvironmentsApi {
             .await
             .map_err(store_status)?;
         self.catalog.remove(&req.name);
+        self.loaded_revs().remove(&req.name);
         Ok(())
     }
 
-    /// Loads every stored Environment into the catalog, verifying each again.
-    pub async fn load(&self) -> anyhow::Result<usize> {
+    fn loaded_revs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the catalog in line with the store: Environments applied (or changed) by
+    /// another replica are verified and added, deleted ones removed. Returns how many
+    /// changed.
+    pub async fn sync(&self) -> anyhow::Result<usize> {
         let rows = self.store.list(ENVIRONMENTS_PREFIX).await?;
-        let n = rows.len();
+        let mut changed = 0;
+        let mut present = std::collections::HashSet::new();
         for (k, v) in rows {
+            let name = k.trim_start_matches(ENVIRONMENTS_PREFIX).to_string();
+            present.insert(name.clone());
+            if self.loaded_revs().get(&name) == Some(&v.revision) {
+                continue;
+            }
             match serde_json::from_slice::<Environment>(&v.value) {
                 Ok(env) => {
                     let fetch = self.fetcher.expecting(&env);
                     self.catalog.apply(env.clone(), &fetch).await;
+                    self.loaded_revs().insert(name, v.revision);
+                    changed += 1;
                 }
                 Err(e) => {
                     tracing::error!(key = %k, error = %e, "stored environment unreadable; skipped")
                 }
             }
         }
-        Ok(n)
+        for name in self.catalog.names() {
+            if name != AGENT_ENVIRONMENT && !present.contains(&name) {
+                self.catalog.remove(&name);
+                self.loaded_revs().remove(&name);
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Loads every stored Environment into the catalog, verifying each again.
+    pub async fn load(&self) -> anyhow::Result<usize> {
+        self.sync().await
     }
 }
