@@ -58,6 +58,36 @@ impl ServerProcess {
     }
 }
 
+/// `replicas` server processes sharing `store` (`embedded` allows one), each on its own
+/// loopback port; extra args for every one.
+pub async fn start_replicas(
+    store: &str,
+    replicas: usize,
+    extra: &[&str],
+) -> anyhow::Result<Vec<ServerProcess>> {
+    anyhow::ensure!(replicas >= 1, "--replicas must be at least 1");
+    anyhow::ensure!(
+        store != "embedded" || replicas == 1,
+        "the embedded store belongs to one process: use --store etcd://... for --replicas {replicas}"
+    );
+    // Each replica its own health port: the default one can be bound once.
+    let mut args: Vec<&str> = vec!["--store", store, "--http-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut out = Vec::new();
+    for _ in 0..replicas {
+        out.push(ServerProcess::start(std::env::current_exe()?, &args).await?);
+    }
+    Ok(out)
+}
+
+fn rss_list(servers: &[ServerProcess]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("{} MiB", s.rss_bytes().unwrap_or(0) >> 20))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Resident set size of a process, from /proc.
 pub fn rss_of(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -93,13 +123,15 @@ pub async fn register(
     agents: u32,
     concurrency: usize,
     connections: usize,
+    store: &str,
+    replicas: usize,
 ) -> anyhow::Result<String> {
     raise_nofile();
-    let server = ServerProcess::start(std::env::current_exe()?, &[]).await?;
+    let servers = start_replicas(store, replicas, &[]).await?;
     let seed: u32 = rand::random();
     let mut chans = Vec::new();
-    for _ in 0..connections.max(1) {
-        chans.push(channel(&server.addr).await?);
+    for c in 0..connections.max(1) {
+        chans.push(channel(&servers[c % servers.len()].addr).await?);
     }
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
@@ -132,29 +164,34 @@ pub async fn register(
     }
     let elapsed = start.elapsed();
     lat.sort();
-    let rss = server.rss_bytes().unwrap_or(0);
     Ok(format!(
-        "bench register: {agents} agents, concurrency {concurrency}, {connections} connections, embedded store\n\
-         elapsed {:.2} s, {:.0} registrations/s, p50 {:.2} ms, p99 {:.2} ms, failed {failed}, server RSS {} MiB\n",
+        "bench register: {agents} agents, concurrency {concurrency}, {connections} connections, store {store}, {replicas} replica(s)\n\
+         elapsed {:.2} s, {:.0} registrations/s, p50 {:.2} ms, p99 {:.2} ms, failed {failed}, server RSS {}\n",
         elapsed.as_secs_f64(),
         lat.len() as f64 / elapsed.as_secs_f64(),
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        rss >> 20
+        rss_list(&servers)
     ))
 }
 
-pub async fn sessions(agents: u32, concurrency: usize) -> anyhow::Result<String> {
+pub async fn sessions(
+    agents: u32,
+    concurrency: usize,
+    store: &str,
+    replicas: usize,
+) -> anyhow::Result<String> {
     raise_nofile();
-    let server = ServerProcess::start(std::env::current_exe()?, &[]).await?;
-    let idle_rss = server.rss_bytes().unwrap_or(0);
+    let servers = start_replicas(store, replicas, &[]).await?;
+    let idle = rss_list(&servers);
+    let idle_rss: u64 = servers.iter().map(|s| s.rss_bytes().unwrap_or(0)).sum();
     let seed: u32 = rand::random();
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..agents {
         let permit = sem.clone().acquire_owned().await?;
-        let addr = server.addr.clone();
+        let addr = servers[i as usize % servers.len()].addr.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let ch = channel(&addr).await?;
@@ -196,14 +233,13 @@ pub async fn sessions(agents: u32, concurrency: usize) -> anyhow::Result<String>
     }
     let opened = start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = server.rss_bytes().unwrap_or(0);
+    let rss: u64 = servers.iter().map(|s| s.rss_bytes().unwrap_or(0)).sum();
     let n = held.len().max(1) as u64;
     Ok(format!(
-        "bench sessions: {} sessions open ({failed} failed) in {:.1} s; server RSS {} MiB (idle {} MiB, {:.1} KiB per session)\n",
+        "bench sessions: {} sessions open ({failed} failed) in {:.1} s over {replicas} replica(s), store {store}; RSS per replica {} (idle {idle}; {:.1} KiB per session)\n",
         held.len(),
         opened.as_secs_f64(),
-        rss >> 20,
-        idle_rss >> 20,
+        rss_list(&servers),
         (rss.saturating_sub(idle_rss)) as f64 / n as f64 / 1024.0
     ))
 }
@@ -422,4 +458,219 @@ pub async fn store(
         out += &format!("  deleted the bench's {n} keys\n");
     }
     Ok(out)
+}
+
+/// `bench allocate`: `servers` simulated agents register and ack their wipe at once (the
+/// wipe itself is the wipe benchmark's business), then `allocations` concurrent
+/// `Allocate` calls spread over the replicas. Allocations per second and latency.
+pub async fn allocate(
+    servers: u32,
+    concurrency: usize,
+    store: &str,
+    replicas: usize,
+) -> anyhow::Result<String> {
+    use sha2::Digest;
+    use siderite::proto::admin::v1::{
+        admin_service_client::AdminServiceClient, AllocateRequest, ApplyEnvironmentRequest,
+        ApplyResourceRequest, ListServersRequest,
+    };
+    use siderite::proto::agent::v1::{command, server_message, CommandAck};
+    raise_nofile();
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("image");
+    std::fs::create_dir_all(&image)?;
+    std::fs::write(image.join("vmlinuz"), b"k")?;
+    std::fs::write(image.join("initramfs.cpio.zst"), b"i")?;
+    let http_ports: Vec<String> = (0..replicas)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut procs = Vec::new();
+    for http in &http_ports {
+        let img = image.to_str().context("image path")?;
+        procs.extend(
+            start_replicas(
+                store,
+                1,
+                &[
+                    "--auto-accept",
+                    "all",
+                    "--boot-image",
+                    img,
+                    "--boot-http-listen",
+                    http,
+                    "--boot-advertise",
+                    http,
+                    "--tftp-listen",
+                    "off",
+                    "--dhcp",
+                    "off",
+                ],
+            )
+            .await?,
+        );
+    }
+    let sha = |b: &[u8]| format!("{:x}", sha2::Sha512::digest(b));
+    std::fs::write(dir.path().join("k"), b"kernel")?;
+    std::fs::write(dir.path().join("i"), b"initrd")?;
+    let ns = format!("{:x}", rand::random::<u32>());
+    let mut admin = AdminServiceClient::new(channel(&procs[0].addr).await?);
+    admin
+        .apply_environment(ApplyEnvironmentRequest {
+            manifest: format!(
+                "apiVersion: metal.siderite.dev/v1alpha1\nkind: Environment\nmetadata: {{name: bench-{ns}}}\nspec:\n  kernel: {{path: {}, sha512: {}}}\n  initrd: {{path: {}, sha512: {}}}\n  args: []\n  arch: amd64\n",
+                dir.path().join("k").display(), sha(b"kernel"), dir.path().join("i").display(), sha(b"initrd")
+            ),
+        })
+        .await?;
+    let seed: u32 = rand::random();
+    admin
+        .apply_resource(ApplyResourceRequest {
+            manifest: format!("apiVersion: metal.siderite.dev/v1alpha1\nkind: ServerClass\nmetadata: {{name: bench-{ns}}}\nspec:\n  selectors:\n    - {{field: system.family, op: In, values: [bench-{seed}]}}\n"),
+        })
+        .await?;
+    admin
+        .apply_resource(ApplyResourceRequest {
+            manifest: format!("apiVersion: metal.siderite.dev/v1alpha1\nkind: MachineConfig\nmetadata: {{name: bench-{ns}}}\nspec:\n  base: \"version: v1alpha1\\n\"\n"),
+        })
+        .await?;
+
+    // Thin agents: register, hold a session, ack every wipe as done at once.
+    let sem = Arc::new(Semaphore::new(128));
+    let mut agents = Vec::new();
+    for i in 0..servers {
+        let permit = sem.clone().acquire_owned().await?;
+        let addr = procs[i as usize % procs.len()].addr.clone();
+        agents.push(tokio::spawn(async move {
+            let _permit = permit;
+            let ch = channel(&addr).await?;
+            let boot_id = uuid::Uuid::new_v4().to_string();
+            let mut hw = crate::fake::hardware(seed, i);
+            if let Some(s) = hw.system.as_mut() {
+                s.family = format!("bench-{seed}");
+            }
+            let resp = AgentServiceClient::new(ch.clone())
+                .register(RegisterRequest {
+                    boot_id: boot_id.clone(),
+                    agent_version: "bench".into(),
+                    hardware: Some(hw),
+                    server_id: String::new(),
+                })
+                .await?
+                .into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(Hello {
+                    server_id: resp.server_id,
+                    boot_id,
+                    session_token: resp.session_token,
+                })),
+            })
+            .await?;
+            let mut inbound = AgentServiceClient::new(ch)
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if let Some(server_message::Msg::Command(c)) = m.msg {
+                        let state = match c.kind {
+                            Some(command::Kind::Wipe(_)) => "done",
+                            Some(command::Kind::Install(_)) => "accepted",
+                            _ => continue,
+                        };
+                        let ack = AgentMessage {
+                            msg: Some(agent_message::Msg::Ack(CommandAck {
+                                command_id: c.id,
+                                state: state.into(),
+                                ..Default::default()
+                            })),
+                        };
+                        if tx.send(ack).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            anyhow::Ok(())
+        }));
+    }
+    for a in agents {
+        a.await??;
+    }
+    // Wait until every one is clean (seen through the last replica).
+    let mut last = AdminServiceClient::new(channel(&procs[procs.len() - 1].addr).await?);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let list = last
+            .list_servers(ListServersRequest {})
+            .await?
+            .into_inner()
+            .servers;
+        let clean = list
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(|st| st.phase == "clean"))
+            .count();
+        if clean >= servers as usize {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {clean} of {servers} clean after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Give every replica's Environment catalog time to sync.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let mut clients = Vec::new();
+    for p in &procs {
+        clients.push(AdminServiceClient::new(channel(&p.addr).await?));
+    }
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..servers {
+        let permit = sem.clone().acquire_owned().await?;
+        let mut c = clients[n as usize % clients.len()].clone();
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let t = Instant::now();
+            c.allocate(AllocateRequest {
+                server_class: format!("bench-{ns}"),
+                environment: format!("bench-{ns}"),
+                machine_config: format!("bench-{ns}"),
+                name: format!("bench-{ns}-{n}"),
+            })
+            .await
+            .map(|_| t.elapsed())
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(d) => lat.push(d),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.message().to_string());
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    lat.sort();
+    Ok(format!(
+        "bench allocate: {servers} clean servers, {servers} allocations, concurrency {concurrency}, store {store}, {replicas} replica(s)\n\
+         elapsed {:.2} s, {:.0} allocations/s, p50 {:.1} ms, p99 {:.1} ms, failed {failed}{}\n",
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        first_error.map(|e| format!(" (first: {e})")).unwrap_or_default()
+    ))
 }

@@ -239,6 +239,13 @@ impl Controller {
                         .delete(binding::token_key(&id.to_string()));
                 }
             }
+            // The free index follows the state in the same transaction.
+            let free = model::free_index_key(&id.to_string());
+            if lifecycle::allocatable(&next) {
+                txn = txn.put(free, Vec::new());
+            } else if lifecycle::allocatable(&state) {
+                txn = txn.delete(free);
+            }
             let more = extra(&next);
             for p in more.require {
                 txn = txn.require(p);
@@ -614,6 +621,42 @@ impl Controller {
         }
     }
 
+    /// Makes the free index agree with every server's state (at start, and now and then
+    /// on the leader): an entry is only a hint, the record decides under the CAS.
+    pub async fn rebuild_free_index(&self) -> Result<usize, ControlError> {
+        let indexed: std::collections::HashSet<String> = self
+            .store
+            .list(model::FREE_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut fixed = 0;
+        let mut want = std::collections::HashSet::new();
+        for (_, v) in self.store.list(model::SERVERS_PREFIX).await? {
+            let Ok(s) = model::decode(&v.value, v.revision) else {
+                continue;
+            };
+            if state_of(&s).is_ok_and(|st| lifecycle::allocatable(&st)) {
+                want.insert(model::free_index_key(model::name(&s)));
+            }
+        }
+        for k in want.difference(&indexed) {
+            self.store
+                .txn(Txn::new().put(k.clone(), Vec::new()))
+                .await?;
+            fixed += 1;
+        }
+        for k in indexed.difference(&want) {
+            self.store.txn(Txn::new().delete(k.clone())).await?;
+            fixed += 1;
+        }
+        if fixed > 0 {
+            tracing::info!(fixed, "free index rebuilt");
+        }
+        Ok(fixed)
+    }
+
     /// Fails the installs that did not fetch their config in time. Over every server:
     /// an installing machine runs the install environment, not the agent, so it holds
     /// no session anywhere.
@@ -663,6 +706,9 @@ impl Controller {
                     // The full scan is rarer: it reads every server.
                     if n.is_multiple_of(EXPIRY_EVERY_TICKS) && self.is_leader() {
                         self.expire_installs().await;
+                        if let Err(e) = self.rebuild_free_index().await {
+                            tracing::warn!(error = %e, "free index");
+                        }
                     }
                     n += 1;
                 }
@@ -692,26 +738,12 @@ impl Controller {
                 )));
             }
             let mut candidates = Vec::new();
-            for (key, v) in self.store.list(model::SERVERS_PREFIX).await? {
-                let Ok(s) = model::decode(&v.value, v.revision) else {
-                    tracing::error!(%key, "corrupt server skipped by allocation");
-                    continue;
-                };
-                let Ok(state) = state_of(&s) else { continue };
-                let hw = s
-                    .status
-                    .as_ref()
-                    .and_then(|st| st.hardware.clone())
-                    .unwrap_or_default();
-                let labels = s
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.labels.clone().into_iter().collect())
-                    .unwrap_or_default();
-                if lifecycle::allocatable(&state) && class.matches(&hw, &labels) {
-                    if let Ok(id) = model::name(&s).parse::<ServerId>() {
-                        candidates.push(id);
-                    }
+            for (key, _) in self.store.list(model::FREE_PREFIX).await? {
+                if let Ok(id) = key
+                    .trim_start_matches(model::FREE_PREFIX)
+                    .parse::<ServerId>()
+                {
+                    candidates.push(id);
                 }
             }
             if candidates.is_empty() {
@@ -723,7 +755,29 @@ impl Controller {
             // Concurrent allocators start at different servers, so they rarely collide.
             use rand::seq::SliceRandom;
             candidates.shuffle(&mut rand::rng());
+            let mut matched = 0;
             for id in candidates {
+                // The index may lag a moment: the server record decides, under the CAS.
+                let Ok(Some(stored)) = model::load(self.store.as_ref(), id).await else {
+                    continue;
+                };
+                let hw = stored
+                    .server
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.hardware.clone())
+                    .unwrap_or_default();
+                let labels = stored
+                    .server
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.labels.clone().into_iter().collect())
+                    .unwrap_or_default();
+                let ok = state_of(&stored.server).is_ok_and(|st| lifecycle::allocatable(&st));
+                if !ok || !class.matches(&hw, &labels) {
+                    continue;
+                }
+                matched += 1;
                 let mut spec = spec.clone();
                 spec.server = id.to_string();
                 let b = ServerBinding::new(name, spec);
@@ -761,6 +815,12 @@ impl Controller {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+            if matched == 0 {
+                return Err(ControlError::Invalid(format!(
+                    "no clean, uncordoned server matches ServerClass {}",
+                    spec.server_class
+                )));
             }
         }
         Err(ControlError::Contention(format!(

@@ -291,6 +291,23 @@ enum BenchWhat {
         concurrency: usize,
         #[arg(long, default_value_t = 16)]
         connections: usize,
+        /// embedded or etcd://host:port[,...][/namespace]
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        /// Server processes sharing the store (etcd only for more than one).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Allocations per second: N thin agents become clean, then N concurrent allocations.
+    Allocate {
+        #[arg(long, default_value_t = 1000)]
+        servers: u32,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// A boot storm: simulated PXE machines doing DHCP + TFTP + HTTP for the agent image.
     BootStorm {
@@ -317,6 +334,10 @@ enum BenchWhat {
         agents: u32,
         #[arg(long, default_value_t = 128)]
         concurrency: usize,
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -480,15 +501,43 @@ fn main() -> anyhow::Result<()> {
                         agents,
                         concurrency,
                         connections,
+                        store,
+                        replicas,
                     },
-            } => siderite_server::bench::register(agents, concurrency, connections).await?,
+            } => {
+                siderite_server::bench::register(
+                    agents,
+                    concurrency,
+                    connections,
+                    &store.to_string(),
+                    replicas,
+                )
+                .await?
+            }
+            Cmd::Bench {
+                what:
+                    BenchWhat::Allocate {
+                        servers,
+                        concurrency,
+                        store,
+                        replicas,
+                    },
+            } => {
+                siderite_server::bench::allocate(servers, concurrency, &store.to_string(), replicas)
+                    .await?
+            }
             Cmd::Bench {
                 what:
                     BenchWhat::Sessions {
                         agents,
                         concurrency,
+                        store,
+                        replicas,
                     },
-            } => siderite_server::bench::sessions(agents, concurrency).await?,
+            } => {
+                siderite_server::bench::sessions(agents, concurrency, &store.to_string(), replicas)
+                    .await?
+            }
             Cmd::Bench {
                 what:
                     BenchWhat::BootStorm {

@@ -17,6 +17,12 @@ pub fn uuid_index_key(uuid: &str) -> String {
 pub fn mac_index_key(mac: &str) -> String {
     format!("index/mac/{mac}")
 }
+/// Present exactly while the server is allocatable (clean, uncordoned): allocation
+/// reads this short list instead of every server.
+pub fn free_index_key(id: &str) -> String {
+    format!("{FREE_PREFIX}{id}")
+}
+pub const FREE_PREFIX: &str = "index/free/";
 /// The per-boot session secret of a server; never part of the resource.
 pub fn session_key(id: &str) -> String {
     format!("secrets/session/{id}")

@@ -134,7 +134,8 @@ impl AdminService for AdminApi {
             let mut txn = Txn::new()
                 .require(Precondition::At(key.clone(), v.revision))
                 .delete(key)
-                .delete(session_key(&name));
+                .delete(session_key(&name))
+                .delete(model::free_index_key(&name));
             let st = s.status.unwrap_or_default();
             let mut index_keys = vec![uuid_index_key(&st.smbios_uuid)];
             if let Some(hw) = &st.hardware {
