@@ -96,6 +96,41 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A simulated agent: registers `hw` and opens its session; the sender keeps it open.
+async fn open_session(
+    addr: &str,
+    hw: siderite::proto::agent::v1::Hardware,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    tonic::Streaming<siderite::proto::agent::v1::ServerMessage>,
+)> {
+    let ch = channel(addr).await?;
+    let boot_id = uuid::Uuid::new_v4().to_string();
+    let resp = AgentServiceClient::new(ch.clone())
+        .register(RegisterRequest {
+            boot_id: boot_id.clone(),
+            agent_version: "bench".into(),
+            hardware: Some(hw),
+            server_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            server_id: resp.server_id,
+            boot_id,
+            session_token: resp.session_token,
+        })),
+    })
+    .await?;
+    let inbound = AgentServiceClient::new(ch)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
@@ -194,30 +229,7 @@ pub async fn sessions(
         let addr = servers[i as usize % servers.len()].addr.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let ch = channel(&addr).await?;
-            let boot_id = uuid::Uuid::new_v4().to_string();
-            let resp = AgentServiceClient::new(ch.clone())
-                .register(RegisterRequest {
-                    boot_id: boot_id.clone(),
-                    agent_version: "bench".into(),
-                    hardware: Some(crate::fake::hardware(seed, i)),
-                    server_id: String::new(),
-                })
-                .await?
-                .into_inner();
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tx.send(AgentMessage {
-                msg: Some(agent_message::Msg::Hello(Hello {
-                    server_id: resp.server_id,
-                    boot_id,
-                    session_token: resp.session_token,
-                })),
-            })
-            .await?;
-            let mut inbound = AgentServiceClient::new(ch)
-                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
+            let (tx, mut inbound) = open_session(&addr, crate::fake::hardware(seed, i)).await?;
             // The first command proves the session is established server-side.
             inbound.message().await?.context("no first command")?;
             anyhow::Ok((tx, inbound))
@@ -546,34 +558,11 @@ pub async fn allocate(
         let addr = procs[i as usize % procs.len()].addr.clone();
         agents.push(tokio::spawn(async move {
             let _permit = permit;
-            let ch = channel(&addr).await?;
-            let boot_id = uuid::Uuid::new_v4().to_string();
             let mut hw = crate::fake::hardware(seed, i);
             if let Some(s) = hw.system.as_mut() {
                 s.family = format!("bench-{seed}");
             }
-            let resp = AgentServiceClient::new(ch.clone())
-                .register(RegisterRequest {
-                    boot_id: boot_id.clone(),
-                    agent_version: "bench".into(),
-                    hardware: Some(hw),
-                    server_id: String::new(),
-                })
-                .await?
-                .into_inner();
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            tx.send(AgentMessage {
-                msg: Some(agent_message::Msg::Hello(Hello {
-                    server_id: resp.server_id,
-                    boot_id,
-                    session_token: resp.session_token,
-                })),
-            })
-            .await?;
-            let mut inbound = AgentServiceClient::new(ch)
-                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
+            let (tx, mut inbound) = open_session(&addr, hw).await?;
             tokio::spawn(async move {
                 while let Ok(Some(m)) = inbound.message().await {
                     if let Some(server_message::Msg::Command(c)) = m.msg {

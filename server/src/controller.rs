@@ -6,8 +6,10 @@
 //! API (session opened, new boot, command acks) and the metadata service (config fetched).
 //! A reconcile pass over the servers whose agents hold a session here starts what is owed
 //! (first wipe, wipe after release, install of an allocated server) and fails installs
-//! that never fetched their config. Each replica acts only on the agents connected to it,
-//! so nothing is sent twice.
+//! that never fetched their config. Store watches on `servers/` and `bindings/` start it
+//! at once on a change (from any replica, with etcd); the pass is the fallback for what a
+//! lossy watch missed. Each replica acts only on the agents connected to it, so nothing is
+//! sent twice.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -410,8 +412,8 @@ impl Controller {
     async fn drive(&self, id: ServerId, reconnected: bool) -> Result<(), ControlError> {
         let stored = self.load(id).await?;
         let state = state_of(&stored.server)?;
-        if lifecycle::wants_wipe(&state) {
-            self.start_wipe(id, None).await?;
+        let r = if lifecycle::wants_wipe(&state) {
+            self.start_wipe(id, None).await.map(drop)
         } else if state.phase == Phase::Allocated {
             self.event(
                 id,
@@ -419,11 +421,21 @@ impl Controller {
                     command_id: new_command_id("install"),
                 },
             )
-            .await?;
+            .await
+            .map(drop)
         } else if reconnected && matches!(state.phase, Phase::Wiping | Phase::Installing) {
-            self.event(id, Event::AgentReconnected).await?;
+            self.event(id, Event::AgentReconnected).await.map(drop)
+        } else {
+            Ok(())
+        };
+        match r {
+            // Another drive (a watch, the pass, the session) moved the server on first.
+            Err(ControlError::Refused { source, .. }) => {
+                tracing::debug!(server_id = %id, reason = %source, "lifecycle: already moved on");
+                Ok(())
+            }
+            r => r,
         }
-        Ok(())
     }
 
     /// Starts a wipe (first use, after release, an operator's re-wipe or a dirty
@@ -694,8 +706,43 @@ impl Controller {
         }
     }
 
-    /// Runs [`Controller::reconcile`] until `stop` turns true.
+    /// Drives the servers whose record or binding changed, as the store's watches report
+    /// them, until `stop` turns true.
+    async fn follow_changes(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut servers = self.store.watch(model::SERVERS_PREFIX);
+        let mut bindings = self.store.watch(binding::PREFIX);
+        loop {
+            let id = tokio::select! {
+                Some(key) = servers.recv() => key
+                    .strip_prefix(model::SERVERS_PREFIX)
+                    .and_then(|id| id.parse::<ServerId>().ok()),
+                Some(key) = bindings.recv() => self.bound_server(&key).await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+                // Both watches closed (they do not, while the store lives): the pass remains.
+                else => return,
+            };
+            if let Some(id) = id {
+                self.nudge(id).await;
+            }
+        }
+    }
+
+    /// The server a stored binding names; `None` once the binding is deleted.
+    async fn bound_server(&self, key: &str) -> Option<ServerId> {
+        let v = self.store.get(key).await.ok()??;
+        let b = ServerBinding::decode(&v.value, v.revision).ok()?;
+        b.spec.server.parse().ok()
+    }
+
+    /// Runs [`Controller::reconcile`], and follows the store's watches, until `stop` turns
+    /// true.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let follower = tokio::spawn(self.clone().follow_changes(stop.clone()));
         let mut tick = tokio::time::interval(self.config.reconcile_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -714,6 +761,8 @@ impl Controller {
                 }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
+                        // The follower hears the same signal.
+                        let _ = follower.await;
                         return;
                     }
                 }

@@ -2,13 +2,14 @@
 //! is fsynced before it is acknowledged). Writes go through one writer thread that
 //! commits whatever has queued up as one redb transaction (group commit), so throughput
 //! under many concurrent registrations is not bounded by one fsync per request, while
-//! each request keeps its own all-or-nothing preconditions.
+//! each request keeps its own all-or-nothing preconditions. After each commit the writer
+//! broadcasts the keys the committed transactions wrote; watches filter that by prefix.
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use super::{Op, Precondition, Revision, Store, StoreError, Txn, TxnOutcome, Versioned};
 
@@ -24,6 +25,8 @@ type Reply = oneshot::Sender<Result<TxnOutcome, StoreError>>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: std::sync::mpsc::SyncSender<(Txn, Reply)>,
+    /// The keys each commit wrote (put or deleted), for watches.
+    changes: broadcast::Sender<Arc<Vec<String>>>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -76,11 +79,17 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Txn, Reply)>(4096);
         let wdb = db.clone();
+        let (changes, _) = broadcast::channel(super::WATCH_BUFFER);
+        let wchanges = changes.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&wdb, rx))
+            .spawn(move || writer_loop(&wdb, rx, &wchanges))
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { db, writer: tx })
+        Ok(Self {
+            db,
+            writer: tx,
+            changes,
+        })
     }
 
     fn read<T: Send + 'static>(
@@ -96,7 +105,11 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(db: &Database, rx: std::sync::mpsc::Receiver<(Txn, Reply)>) {
+fn writer_loop(
+    db: &Database,
+    rx: std::sync::mpsc::Receiver<(Txn, Reply)>,
+    changes: &broadcast::Sender<Arc<Vec<String>>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -107,6 +120,25 @@ fn writer_loop(db: &Database, rx: std::sync::mpsc::Receiver<(Txn, Reply)>) {
         }
         match commit_batch(db, batch.iter().map(|(t, _)| t)) {
             Ok(outcomes) => {
+                // Durable now; watches hear of it before the writers do.
+                let mut written: Vec<String> = Vec::new();
+                for ((txn, _), outcome) in batch.iter().zip(&outcomes) {
+                    if !matches!(outcome, TxnOutcome::Committed(_)) {
+                        continue;
+                    }
+                    // Each key once per transaction, as etcd reports it.
+                    let start = written.len();
+                    for op in &txn.ops {
+                        let (Op::Put(k, _) | Op::Delete(k)) = op;
+                        if !written[start..].contains(k) {
+                            written.push(k.clone());
+                        }
+                    }
+                }
+                if !written.is_empty() {
+                    // No receiver is no error; a full channel drops the oldest, never blocks.
+                    let _ = changes.send(Arc::new(written));
+                }
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -225,6 +257,10 @@ impl Store for EmbeddedStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::Receiver<String> {
+        super::forward_matching(self.changes.subscribe(), prefix)
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +291,7 @@ mod tests {
     suite_case!(revisions_strictly_increase);
     suite_case!(last_op_on_a_key_wins);
     suite_case!(values_are_bytes);
+    suite_case!(watch_sees_writes_under_its_prefix);
 
     #[tokio::test]
     async fn many_keys_listed_in_order() {

@@ -11,6 +11,7 @@
 //! | [`Precondition::Absent`]`(k)` | `Compare::version(k, Equal, 0)` |
 //! | `txn` | one etcd `Txn`: every precondition in `when`, every op in `and_then`, and in `or_else` a keys-only read of each compared key, so a failed txn names the first failing precondition's key ([`TxnOutcome::Conflict`]) in the same round trip |
 //! | several ops on one key | only the last is sent (etcd refuses a txn that names a key twice; applied in order, the last op decides anyway) |
+//! | `watch(prefix)` | an etcd watch of `namespace+prefix` with `start_revision` just after the newest revision this client has seen (so nothing committed after the call is missed while the watch is being created); keys stripped of the namespace; after an error, re-created on the next member after a back-off (0.2 s doubling to 5 s) from just after the last event seen; after a compaction, from the compact revision (keys in between are missed) |
 //! | `list(prefix)` | range reads of `[namespace+prefix, prefix_end)` in key order, [`PAGE`] keys per request, later pages pinned to the first page's revision (one consistent snapshot); restarted if etcd compacts that revision meanwhile |
 //!
 //! Limits of etcd to know about:
@@ -34,13 +35,13 @@
 //! connects a 3 s timeout and requests a 10 s one.
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, KvClient, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, KvClient,
+    ResponseHeader, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 use tonic::Code;
 
@@ -69,11 +70,15 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(1500);
 /// Times a list restarts because its snapshot revision was compacted.
 const LIST_RESTARTS: usize = 3;
+/// Back-off before re-creating a failed watch: doubles from the first to the last.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(200);
+const WATCH_RETRY_LAST: Duration = Duration::from_secs(5);
 
 /// One member's client.
 struct Member {
     endpoint: String,
     kv: KvClient,
+    watch: WatchClient,
     /// Owns the connection `kv` uses.
     _client: Client,
 }
@@ -85,6 +90,8 @@ pub struct EtcdStore {
     namespace: String,
     page: usize,
     max_txn_ops: usize,
+    /// The newest store revision any response has shown this client; watches start after it.
+    seen: AtomicI64,
 }
 
 impl EtcdStore {
@@ -122,6 +129,9 @@ impl EtcdStore {
                 kv: client
                     .kv_client()
                     .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                watch: client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES),
                 _client: client,
             });
         }
@@ -131,10 +141,11 @@ impl EtcdStore {
             namespace: namespace.to_string(),
             page: PAGE,
             max_txn_ops: MAX_TXN_OPS,
+            seen: AtomicI64::new(0),
         };
         // Clients connect lazily: ask for something so a wrong address fails here.
         let ns = store.namespace.clone();
-        store
+        let resp = store
             .call("connect", true, move |mut kv| {
                 let key = ns.clone();
                 async move {
@@ -147,6 +158,7 @@ impl EtcdStore {
                 StoreError::Io(m) => open_err(m),
                 other => open_err(other.to_string()),
             })?;
+        store.observe(resp.header());
         Ok(store)
     }
 
@@ -164,6 +176,12 @@ impl EtcdStore {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    fn observe(&self, header: Option<&ResponseHeader>) {
+        if let Some(h) = header {
+            self.seen.fetch_max(h.revision(), Ordering::Relaxed);
+        }
     }
 
     fn full_key(&self, key: &str) -> Vec<u8> {
@@ -272,6 +290,7 @@ impl EtcdStore {
             };
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                self.observe(resp.header());
             }
             let kvs = resp.kvs();
             for kv in kvs {
@@ -383,6 +402,7 @@ impl Store for EtcdStore {
                 async move { kv.get(full, None).await }
             })
             .await?;
+        self.observe(resp.header());
         Ok(resp.kvs().first().map(versioned))
     }
 
@@ -447,6 +467,7 @@ impl Store for EtcdStore {
                 async move { kv.txn(request).await }
             })
             .await?;
+        self.observe(resp.header());
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             return Ok(TxnOutcome::Committed(revision.max(0) as Revision));
@@ -472,6 +493,105 @@ impl Store for EtcdStore {
             .map(|p| p.key().to_string())
             .unwrap_or_default();
         Ok(TxnOutcome::Conflict(key))
+    }
+
+    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(super::WATCH_BUFFER);
+        let watcher = Watcher {
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.endpoint.clone(), m.watch.clone()))
+                .collect(),
+            at: self.preferred.load(Ordering::Relaxed),
+            key: self.full_key(prefix),
+            namespace: self.namespace.clone(),
+            // Every commit after this call has a larger revision than any seen before it.
+            from: self.seen.load(Ordering::Relaxed) + 1,
+            tx,
+        };
+        tokio::spawn(watcher.run());
+        rx
+    }
+}
+
+/// One [`Store::watch`]: its etcd watch, re-created after errors, until the receiver goes.
+struct Watcher {
+    members: Vec<(String, WatchClient)>,
+    /// The member to watch on next.
+    at: usize,
+    key: Vec<u8>,
+    namespace: String,
+    /// The revision the next etcd watch starts at.
+    from: i64,
+    tx: tokio::sync::mpsc::Sender<String>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let mut pause = WATCH_RETRY_FIRST;
+        loop {
+            let (endpoint, client) = self.members[self.at % self.members.len()].clone();
+            let tx = self.tx.clone();
+            let reason = tokio::select! {
+                _ = tx.closed() => return,
+                r = self.watch_once(client, &mut pause) => match r {
+                    Ok(()) => return,
+                    Err(reason) => reason,
+                },
+            };
+            tracing::debug!(%endpoint, %reason, from = self.from, retry_in = ?pause, "etcd watch: re-creating");
+            self.at += 1;
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(WATCH_RETRY_LAST);
+        }
+    }
+
+    /// Forwards one etcd watch's keys; `Ok` when the receiver is gone, else why it ended.
+    async fn watch_once(
+        &mut self,
+        mut client: WatchClient,
+        pause: &mut Duration,
+    ) -> Result<(), String> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.from);
+        let mut stream = client
+            .watch(self.key.clone(), Some(options))
+            .await
+            .map_err(|e| detail(&e))?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(|e| detail(&e))?
+                .ok_or("the watch stream ended")?;
+            if resp.compact_revision() > 0 {
+                // The history before it is gone: what changed in between is missed.
+                self.from = resp.compact_revision();
+                return Err(format!("compacted up to {}", self.from));
+            }
+            if resp.canceled() {
+                return Err(format!("canceled: {}", resp.cancel_reason()));
+            }
+            *pause = WATCH_RETRY_FIRST;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                self.from = self.from.max(kv.mod_revision() + 1);
+                let Some(key) = kv.key().strip_prefix(self.namespace.as_bytes()) else {
+                    continue;
+                };
+                let Ok(key) = String::from_utf8(key.to_vec()) else {
+                    continue;
+                };
+                if self.tx.send(key).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 

@@ -104,6 +104,50 @@ pub trait Store: Send + Sync + 'static {
     /// Every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
+    /// Every key starting with `prefix` that a transaction committed from now on put or
+    /// deleted, sent after the commit (a key once per transaction that wrote it; a
+    /// transaction committed just before the call may be reported too). Lossy by design:
+    /// a receiver that falls behind by more than [`WATCH_BUFFER`] keys (or, on etcd, a
+    /// watch re-established after its history was compacted) misses keys, so consumers
+    /// also poll; a watch never holds up a commit. The forwarding task ends when the
+    /// receiver is dropped. Call it inside a Tokio runtime.
+    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::Receiver<String>;
+}
+
+/// How many changed keys a watch holds for its receiver (and, on the embedded store,
+/// how many committed batches wait for the slowest watch) before it drops keys.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Forwards the keys under `prefix` from a store's broadcast of committed keys to a
+/// watch's channel, until the receiver or the broadcast goes away.
+fn forward_matching(
+    mut from: tokio::sync::broadcast::Receiver<Arc<Vec<String>>>,
+    prefix: &str,
+) -> tokio::sync::mpsc::Receiver<String> {
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+    let prefix = prefix.to_string();
+    tokio::spawn(async move {
+        loop {
+            let keys = tokio::select! {
+                _ = tx.closed() => return,
+                got = from.recv() => match got {
+                    Ok(keys) => keys,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!(%prefix, batches = n, "store watch fell behind; keys missed");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            for k in keys.iter().filter(|k| k.starts_with(&prefix)) {
+                if tx.send(k.clone()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Where the store lives, as `siderite serve --store` and the backup tools take it:
@@ -211,6 +255,7 @@ pub mod suite {
         last_op_on_a_key_wins(&*fresh().await).await;
         values_are_bytes(&*fresh().await).await;
         many_keys_listed_in_order(&*fresh().await, 2_000).await;
+        watch_sees_writes_under_its_prefix(&*fresh().await).await;
     }
 
     fn committed(out: TxnOutcome) -> Revision {
@@ -568,6 +613,33 @@ pub mod suite {
             assert_eq!(k, &format!("many/{i:06}"));
             assert_eq!(v.value, i.to_le_bytes().to_vec(), "value of {k}");
         }
+    }
+
+    /// A watch reports the keys a committed transaction put or deleted under its prefix,
+    /// and nothing outside it ("w/" does not match "wx").
+    pub async fn watch_sees_writes_under_its_prefix(store: &dyn Store) {
+        use std::time::Duration;
+        const WAIT: Duration = Duration::from_secs(10);
+        let mut rx = store.watch("w/");
+        committed(
+            store
+                .txn(Txn::new().put("w/a", b"1".to_vec()).put("wx", vec![]))
+                .await
+                .unwrap(),
+        );
+        committed(store.txn(Txn::new().put("other", vec![])).await.unwrap());
+        committed(store.txn(Txn::new().delete("w/a")).await.unwrap());
+        // A marker written last: once it arrives, everything before it has too.
+        committed(store.txn(Txn::new().put("w/end", vec![])).await.unwrap());
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("w/end") {
+            let key = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("watch: no key within {WAIT:?}; seen {seen:?}"))
+                .expect("the watch stays open");
+            seen.push(key);
+        }
+        assert_eq!(seen, vec!["w/a", "w/a", "w/end"], "put, delete, marker");
     }
 
     fn gcd(a: usize, b: usize) -> usize {
