@@ -100,6 +100,7 @@ fn put_state(s: &mut Server, state: &State) {
     spec.cordoned = state.cordoned;
     let st = s.status.get_or_insert_with(Default::default);
     if st.pending_command != state.pending_command.clone().unwrap_or_default() {
+        st.pending_accepted = false;
         st.pending_since = if state.pending_command.is_some() {
             model::now_rfc3339()
         } else {
@@ -484,6 +485,19 @@ impl Controller {
 
     /// A new boot registered: whatever the old boot was running was cut short.
     pub async fn on_new_boot(&self, id: ServerId) {
+        // A command no agent ever acknowledged as started (sent into a session that was
+        // already dead: a kexec'd or powered-off machine's TCP lingers) did not touch the
+        // disks: the new boot gets it again instead of the server going dirty.
+        if let Ok(stored) = self.load(id).await {
+            let st = stored.server.status.clone().unwrap_or_default();
+            if !st.pending_command.is_empty() && !st.pending_accepted {
+                tracing::info!(server_id = %id, command = %st.pending_command, "new boot: the pending command never started; sending it again");
+                if let Err(e) = self.event(id, Event::AgentReconnected).await {
+                    tracing::debug!(server_id = %id, error = %e, "lifecycle on new boot");
+                }
+                return;
+            }
+        }
         if let Err(e) = self.event(id, Event::AgentRebooted).await {
             tracing::debug!(server_id = %id, error = %e, "lifecycle on new boot");
         }
@@ -553,7 +567,16 @@ impl Controller {
                 self.note(id, "InstallHandedOver", &ack.message, false)
                     .await?;
             }
-            (_, "accepted") => {}
+            (_, "accepted") => {
+                if !stored
+                    .server
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.pending_accepted)
+                {
+                    self.mark_accepted(id, &cmd).await?;
+                }
+            }
             (phase, other) => {
                 tracing::warn!(server_id = %id, %phase, state = other, "unexpected ack state")
             }
@@ -578,6 +601,28 @@ impl Controller {
             if written {
                 st.install_written = true;
             }
+            let key = server_key(&id.to_string());
+            let txn = Txn::new()
+                .require(Precondition::At(key.clone(), read.revision))
+                .put(key, model::encode(&server));
+            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Err(ControlError::Contention(id.to_string()))
+    }
+
+    /// Records that the agent started the pending command `cmd`.
+    async fn mark_accepted(&self, id: ServerId, cmd: &str) -> Result<(), ControlError> {
+        for _ in 0..16 {
+            let Stored {
+                read, mut server, ..
+            } = self.load(id).await?;
+            let st = server.status.get_or_insert_with(Default::default);
+            if st.pending_command != cmd {
+                return Ok(());
+            }
+            st.pending_accepted = true;
             let key = server_key(&id.to_string());
             let txn = Txn::new()
                 .require(Precondition::At(key.clone(), read.revision))

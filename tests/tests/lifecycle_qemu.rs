@@ -423,8 +423,22 @@ fn accept_wipe_install_release_in_qemu() -> Result<()> {
 
     // The machine boots the agent again (as it would from the network after a reset);
     // release -> wipe -> clean.
+    // The kexec'd agent's TCP session may still look alive: wait for the new boot itself.
+    let first_boot = lab.server()?["status"]["bootId"].clone();
     let m = machine(&lab, "life-2", &disks)?;
-    lab.wait_phase(Some(&m), "installed", true, Duration::from_secs(180))?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (s, _) = lab.wait_phase(Some(&m), "installed", true, Duration::from_secs(180))?;
+        if s["status"]["bootId"] != first_boot {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the agent did not boot again:\n{}",
+            tail(&m.console_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let t = Instant::now();
     let out = lab.cli(&["release", "worker-1"])?;
     ensure!(out.contains("released"), "{out}");
