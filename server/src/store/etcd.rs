@@ -68,6 +68,9 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// Pause before retrying a read that failed otherwise, long enough for a leader election
 /// after a member died (etcd's default election timeout is 1 s).
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(1500);
+/// Retries of a read across an election: a loaded machine (CI, 2 cores) can take several
+/// election timeouts to settle a new leader.
+const READ_RETRIES: u32 = 5;
 /// Times a list restarts because its snapshot revision was compacted.
 const LIST_RESTARTS: usize = 3;
 /// Back-off before re-creating a failed watch: doubles from the first to the last.
@@ -216,7 +219,7 @@ impl EtcdStore {
         let n = self.members.len();
         let mut at = self.preferred.load(Ordering::Relaxed) % n;
         let mut unsent = 0;
-        let mut read_retried = false;
+        let mut read_retries = 0;
         loop {
             let member = &self.members[at];
             let err = match f(member.kv.clone()).await {
@@ -237,9 +240,9 @@ impl EtcdStore {
                 }
                 continue;
             }
-            if idempotent && !read_retried && is_transient(&err) {
-                read_retried = true;
-                tracing::debug!(endpoint = %member.endpoint, error = %detail(&err), "etcd {what}: retrying once on the next member");
+            if idempotent && read_retries < READ_RETRIES && is_transient(&err) {
+                read_retries += 1;
+                tracing::debug!(endpoint = %member.endpoint, error = %detail(&err), attempt = read_retries, "etcd {what}: retrying on the next member");
                 tokio::time::sleep(READ_RETRY_PAUSE).await;
                 continue;
             }
