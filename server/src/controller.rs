@@ -111,9 +111,6 @@ fn put_state(s: &mut Server, state: &State) {
     st.reason = state.reason.clone().unwrap_or_default();
     st.binding = state.binding.clone().unwrap_or_default();
     st.pending_command = state.pending_command.clone().unwrap_or_default();
-    if state.phase != Phase::Installing {
-        st.install_written = false;
-    }
 }
 
 fn new_command_id(kind: &str) -> String {
@@ -525,28 +522,18 @@ impl Controller {
             }
         };
         match (state.phase, ack.state.as_str()) {
-            (Phase::Wiping, "done") => {
+            (Phase::Wiping, done @ ("done" | "failed")) => {
                 self.sessions.clear_progress(id);
-                self.apply(
-                    id,
-                    Event::WipeSucceeded { command_id: cmd },
-                    keep_disks,
-                    |_| Extra::default(),
-                )
-                .await?;
-            }
-            (Phase::Wiping, "failed") => {
-                self.sessions.clear_progress(id);
-                self.apply(
-                    id,
+                let event = if done == "done" {
+                    Event::WipeSucceeded { command_id: cmd }
+                } else {
                     Event::WipeFailed {
                         command_id: cmd,
                         reason: ack.message,
-                    },
-                    keep_disks,
-                    |_| Extra::default(),
-                )
-                .await?;
+                    }
+                };
+                self.apply(id, event, keep_disks, |_| Extra::default())
+                    .await?;
             }
             (Phase::Installing, "failed") => {
                 self.sessions.clear_progress(id);
@@ -564,8 +551,7 @@ impl Controller {
                 // when the installed system fetches its config. The agent's TCP session
                 // may linger until keepalive notices; the registry knows that a new boot
                 // sharing a NIC with a live session is this machine restarted.
-                self.note(id, "InstallHandedOver", &ack.message, false)
-                    .await?;
+                self.note(id, "InstallHandedOver", &ack.message).await?;
             }
             (_, "accepted") => {
                 if !stored
@@ -584,22 +570,19 @@ impl Controller {
         Ok(())
     }
 
-    /// Records an event on a server without a transition.
-    async fn note(
+    /// Changes a server's status without a transition, with a CAS on its revision;
+    /// `edit` returns false to leave the server as it is.
+    async fn edit_status(
         &self,
         id: ServerId,
-        reason: &str,
-        message: &str,
-        written: bool,
+        mut edit: impl FnMut(&mut siderite::proto::admin::v1::ServerStatus) -> bool,
     ) -> Result<(), ControlError> {
         for _ in 0..16 {
             let Stored {
                 read, mut server, ..
             } = self.load(id).await?;
-            let st = server.status.get_or_insert_with(Default::default);
-            model::push_event(st, reason, message);
-            if written {
-                st.install_written = true;
+            if !edit(server.status.get_or_insert_with(Default::default)) {
+                return Ok(());
             }
             let key = server_key(&id.to_string());
             let txn = Txn::new()
@@ -612,26 +595,25 @@ impl Controller {
         Err(ControlError::Contention(id.to_string()))
     }
 
+    /// Records an event on a server without a transition.
+    async fn note(&self, id: ServerId, reason: &str, message: &str) -> Result<(), ControlError> {
+        self.edit_status(id, |st| {
+            model::push_event(st, reason, message);
+            true
+        })
+        .await
+    }
+
     /// Records that the agent started the pending command `cmd`.
     async fn mark_accepted(&self, id: ServerId, cmd: &str) -> Result<(), ControlError> {
-        for _ in 0..16 {
-            let Stored {
-                read, mut server, ..
-            } = self.load(id).await?;
-            let st = server.status.get_or_insert_with(Default::default);
-            if st.pending_command != cmd {
-                return Ok(());
+        self.edit_status(id, |st| {
+            let mine = st.pending_command == cmd;
+            if mine {
+                st.pending_accepted = true;
             }
-            st.pending_accepted = true;
-            let key = server_key(&id.to_string());
-            let txn = Txn::new()
-                .require(Precondition::At(key.clone(), read.revision))
-                .put(key, model::encode(&server));
-            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
-                return Ok(());
-            }
-        }
-        Err(ControlError::Contention(id.to_string()))
+            mine
+        })
+        .await
     }
 
     /// The installed system fetched its config with the token of the pending install.
@@ -663,7 +645,7 @@ impl Controller {
             )));
         }
         self.send(id, message(new_command_id(action), kind));
-        self.note(id, "PowerRequested", &format!("{action} requested"), false)
+        self.note(id, "PowerRequested", &format!("{action} requested"))
             .await?;
         Ok(stored.server)
     }
@@ -855,18 +837,7 @@ impl Controller {
                 let Ok(Some(stored)) = model::load(self.store.as_ref(), id).await else {
                     continue;
                 };
-                let hw = stored
-                    .server
-                    .status
-                    .as_ref()
-                    .and_then(|st| st.hardware.clone())
-                    .unwrap_or_default();
-                let labels = stored
-                    .server
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.labels.clone().into_iter().collect())
-                    .unwrap_or_default();
+                let (hw, labels) = model::class_inputs(&stored.server);
                 let ok = state_of(&stored.server).is_ok_and(|st| lifecycle::allocatable(&st));
                 if !ok || !class.matches(&hw, &labels) {
                     continue;

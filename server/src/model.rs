@@ -101,6 +101,26 @@ pub fn set_condition(
     }
 }
 
+/// What a ServerClass selects on: the server's reported hardware and its labels.
+pub fn class_inputs(
+    server: &Server,
+) -> (
+    siderite::proto::agent::v1::Hardware,
+    std::collections::BTreeMap<String, String>,
+) {
+    let hw = server
+        .status
+        .as_ref()
+        .and_then(|st| st.hardware.clone())
+        .unwrap_or_default();
+    let labels = server
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    (hw, labels)
+}
+
 pub fn name(server: &Server) -> &str {
     server
         .metadata

@@ -1,7 +1,6 @@
 //! ServerClass, MachineConfig and ServerBinding through the admin API. Resources travel
 //! as text (YAML or JSON) and are checked by their own schemas, which refuse unknown
 //! fields; a bad resource is refused whole and nothing is stored.
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -158,16 +157,7 @@ impl ResourcesApi {
             let Ok(s) = model::decode(&v.value, v.revision) else {
                 continue;
             };
-            let hw = s
-                .status
-                .as_ref()
-                .and_then(|st| st.hardware.clone())
-                .unwrap_or_default();
-            let labels: BTreeMap<String, String> = s
-                .metadata
-                .as_ref()
-                .map(|m| m.labels.clone().into_iter().collect())
-                .unwrap_or_default();
+            let (hw, labels) = model::class_inputs(&s);
             if class.matches(&hw, &labels) {
                 counts.matching += 1;
                 if state_of(&s).is_ok_and(|st| lifecycle::allocatable(&st)) {
@@ -250,16 +240,7 @@ impl ResourcesApi {
         &self,
         s: &siderite::proto::admin::v1::Server,
     ) -> Result<Vec<siderite::proto::admin::v1::ClassMatch>, Status> {
-        let hw = s
-            .status
-            .as_ref()
-            .and_then(|st| st.hardware.clone())
-            .unwrap_or_default();
-        let labels: BTreeMap<String, String> = s
-            .metadata
-            .as_ref()
-            .map(|m| m.labels.clone().into_iter().collect())
-            .unwrap_or_default();
+        let (hw, labels) = model::class_inputs(s);
         let mut out = Vec::new();
         for (key, v) in self
             .store

@@ -45,13 +45,11 @@ pub struct StoreDecider {
 }
 
 impl StoreDecider {
-    /// The server's phase, and whether an image install is already on its disk.
-    async fn phase_of(&self, index_key: String) -> Option<(String, bool)> {
+    async fn phase_of(&self, index_key: String) -> Option<String> {
         let stored = model::load_indexed(self.store.as_ref(), &index_key)
             .await
             .ok()??;
-        let st = stored.server.status.unwrap_or_default();
-        Some((st.phase, st.install_written))
+        Some(stored.server.status.unwrap_or_default().phase)
     }
 }
 
@@ -72,11 +70,9 @@ impl BootDecider for StoreDecider {
                 phase = self.phase_of(mac_index_key(&m.to_string())).await;
             }
         }
-        match phase {
+        match phase.as_deref() {
             None => BootDecision::Unknown,
-            Some((p, _)) if p == "installed" => BootDecision::LocalDisk,
-            // An image install wrote the disk and rebooted: boot what it wrote.
-            Some((p, true)) if p == "installing" => BootDecision::LocalDisk,
+            Some("installed") => BootDecision::LocalDisk,
             Some(_) => BootDecision::Agent {
                 env: AGENT_ENVIRONMENT.into(),
                 args: Vec::new(),
