@@ -21,5 +21,5 @@ target/debug/siderite-image build --kernel-package linux-image-amd64 --out lab/i
 target/debug/siderite lab down --dir lab/run >/dev/null 2>&1 || true
 target/debug/siderite lab up --machines "$MACHINES" --firmware "$FIRMWARE" --image lab/image --dir lab/run
 echo
-echo "Next: export SIDERITE_SERVER=10.88.255.2:7070; target/debug/siderite describe server <NAME>"
+echo "Next: export SIDERITE_CONFIG=$PWD/lab/run/siderite-config.yaml; target/debug/siderite describe server <NAME>"
 echo "Stop: scripts/lab.sh down"

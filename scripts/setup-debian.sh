@@ -18,6 +18,7 @@ PKGS=(
   etcd-server         # distributed store tests
   dnsmasq-base        # plays the site's DHCP server in the lab and tests
   iproute2 file cpio zstd
+  g++                 # libFuzzer (cargo fuzz, scripts/fuzz.sh)
 )
 
 $SUDO apt-get update -q

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod ids;
 pub mod strict;
+pub mod tls;
 
 pub use ids::{IdError, ServerId, SmbiosUuid, UuidVerdict};
 

@@ -465,6 +465,8 @@ fn parse_bootif(v: &str) -> Result<MacAddr, String> {
 }
 
 fn parse_pin(v: &str) -> Result<CaPin, String> {
+    // `sha256:<hex>` is what the server prints and its iPXE script passes.
+    let v = v.strip_prefix("sha256:").unwrap_or(v);
     let bytes = if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..32)
             .map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16))
@@ -671,6 +673,10 @@ mod tests {
         assert_eq!(t("siderite.insecure=1"), Trust::Insecure);
         assert_eq!(t("siderite.insecure=false"), Trust::Unspecified);
         assert_eq!(t(&format!("siderite.ca={PIN_HEX}")), Trust::Pinned(pin()));
+        assert_eq!(
+            t(&format!("siderite.ca=sha256:{PIN_HEX}")),
+            Trust::Pinned(pin())
+        );
         assert_eq!(
             t(&format!("siderite.ca={}", PIN_HEX.to_uppercase())),
             Trust::Pinned(pin())

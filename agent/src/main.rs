@@ -36,6 +36,12 @@ enum Cmd {
         /// Server gRPC address, HOST:PORT. May be given more than once.
         #[arg(long, required = true)]
         server: Vec<String>,
+        /// The server's CA: sha256:<hex> (`siderite token`/the operator config's ca-sha256).
+        #[arg(long)]
+        ca: siderite::tls::CaPin,
+        /// The join token, <id>.<secret>.
+        #[arg(long, env = "SIDERITE_TOKEN", hide_env_values = true)]
+        token: String,
         #[arg(long, default_value = "/")]
         root: PathBuf,
         /// Let the server's Wipe and image Install commands write this box's disks.
@@ -80,6 +86,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run {
             server,
+            ca,
+            token,
             root,
             allow_disk_writes,
         } => {
@@ -90,7 +98,9 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(async move {
                 let host = hw::Host::linux(&root);
-                let config = session::Config::new(server, session::boot_id(&root));
+                let mut config = session::Config::new(server, session::boot_id(&root));
+                config.ca = Some(ca);
+                config.join_token = session::Secret(token);
                 // Wipes and installs act on the disks below the same root, when allowed.
                 let executor = if allow_disk_writes {
                     commands::Executor::linux(&root)
@@ -197,6 +207,17 @@ async fn agent(cfg: AgentConfig, mut boot_log: Vec<String>) -> anyhow::Result<()
     let host = hw::Host::linux(Path::new("/"));
     let servers = cfg.servers.iter().map(ToString::to_string).collect();
     let mut config = session::Config::new(servers, session::boot_id(Path::new("/")));
+    config.ca = match cfg.trust {
+        siderite_agent::config::Trust::Pinned(pin) => Some(siderite::tls::CaPin(pin.0)),
+        siderite_agent::config::Trust::Insecure => {
+            tracing::error!("siderite.insecure: the agent never talks to an unchecked server; give siderite.ca=");
+            None
+        }
+        siderite_agent::config::Trust::Unspecified => None,
+    };
+    if let Some(t) = &cfg.token {
+        config.join_token = session::Secret(t.expose().to_string());
+    }
     config.boot_log = boot_log;
     session::run_with(
         config,

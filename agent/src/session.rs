@@ -14,7 +14,7 @@ use siderite::proto::agent::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::commands::{Executor, Routed};
 
@@ -23,6 +23,11 @@ use crate::commands::{Executor, Routed};
 pub struct Config {
     /// HOST:PORT of each server replica, tried in turn.
     pub servers: Vec<String>,
+    /// The server's CA, by digest (`siderite.ca=`). Without it the agent talks to no one:
+    /// a server it cannot check could hand it any command.
+    pub ca: Option<siderite::tls::CaPin>,
+    /// The join token (`siderite.token=`), presented at registration only.
+    pub join_token: Secret,
     pub boot_id: String,
     pub connect_timeout: Duration,
     pub heartbeat: Duration,
@@ -32,10 +37,26 @@ pub struct Config {
     pub boot_log: Vec<String>,
 }
 
+/// A secret whose `Debug` never shows it, so configs can be logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<none>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
 impl Config {
     pub fn new(servers: Vec<String>, boot_id: String) -> Self {
         Self {
             servers,
+            ca: None,
+            join_token: Secret::default(),
             boot_id,
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(30),
@@ -52,8 +73,10 @@ pub enum SessionError {
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: String,
-        source: tonic::transport::Error,
+        source: siderite::tls::ConnectError,
     },
+    #[error("no siderite.ca= on the command line: refusing to talk to a server whose certificate cannot be checked")]
+    NoCa,
     #[error("registering: {0}")]
     Register(tonic::Status),
     #[error("opening the session: {0}")]
@@ -95,18 +118,15 @@ fn self_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens a channel to one server address (`HOST:PORT` or a full `http://` URL).
-pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, SessionError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Endpoint::from_shared(url)
-        .map_err(|_| SessionError::Address(addr.to_string()))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+/// Opens a TLS channel to one server address (`HOST:PORT` or an `https://` URL), trusting
+/// only the CA `ca` names.
+pub async fn connect(
+    addr: &str,
+    ca: Option<siderite::tls::CaPin>,
+    timeout: Duration,
+) -> Result<Channel, SessionError> {
+    let ca = ca.ok_or(SessionError::NoCa)?;
+    siderite::tls::channel(addr, ca, timeout)
         .await
         .map_err(|source| SessionError::Connect {
             addr: addr.to_string(),
@@ -120,12 +140,14 @@ pub async fn register(
     boot_id: &str,
     server_id: Option<&str>,
     hardware: Hardware,
+    join_token: &Secret,
 ) -> Result<RegisterResponse, SessionError> {
     let req = RegisterRequest {
         boot_id: boot_id.to_string(),
         agent_version: siderite::VERSION.to_string(),
         hardware: Some(hardware),
         server_id: server_id.unwrap_or_default().to_string(),
+        join_token: join_token.0.clone(),
     };
     AgentServiceClient::new(channel)
         .register(req)
@@ -219,13 +241,14 @@ impl Agent {
     /// Registers and holds one session. `Ok(true)` once the session was established and
     /// then ended; errors before that are `Err`.
     async fn serve_once(&mut self, addr: &str) -> Result<bool, SessionError> {
-        let channel = connect(addr, self.config.connect_timeout).await?;
+        let channel = connect(addr, self.config.ca, self.config.connect_timeout).await?;
         let hw = self.collect().await;
         let resp = register(
             channel.clone(),
             &self.config.boot_id,
             self.server_id.as_deref(),
             hw,
+            &self.config.join_token,
         )
         .await?;
         tracing::info!(
@@ -321,6 +344,7 @@ impl Agent {
                     &self.config.boot_id,
                     self.server_id.as_deref(),
                     hw,
+                    &self.config.join_token,
                 )
                 .await
                 {
@@ -396,13 +420,38 @@ mod tests {
         }
     }
 
+    /// A CA and a server identity it signed, as the server makes them; the CA's pin.
+    fn test_tls() -> (tonic::transport::ServerTlsConfig, siderite::tls::CaPin) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let pin = siderite::tls::CaPin::of(ca_cert.der());
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf.signed_by(&key, &Issuer::new(ca, ca_key)).unwrap();
+        let identity = tonic::transport::Identity::from_pem(
+            format!("{}{}", cert.pem(), ca_cert.pem()),
+            key.serialize_pem(),
+        );
+        (
+            tonic::transport::ServerTlsConfig::new().identity(identity),
+            pin,
+        )
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wipe_outlives_its_session_and_the_next_session_learns_the_outcome() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (sessions_tx, mut sessions) = mpsc::channel(4);
+        let (tls, pin) = test_tls();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
                 .add_service(AgentServiceServer::new(TestServer {
                     sessions: sessions_tx,
                 }))
@@ -416,6 +465,7 @@ mod tests {
             Timing::default(),
         );
         let mut config = Config::new(vec![addr.to_string()], "boot-1".into());
+        config.ca = Some(pin);
         config.max_backoff = Duration::from_millis(200);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let agent = tokio::spawn(run_with(

@@ -10,7 +10,7 @@ use siderite::proto::agent::v1::{
     agent_message, agent_service_client::AgentServiceClient, AgentMessage, Hello, RegisterRequest,
 };
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A `siderite serve` child process on a fresh data directory and a loopback port.
 pub struct ServerProcess {
@@ -70,14 +70,81 @@ pub async fn start_replicas(
         store != "embedded" || replicas == 1,
         "the embedded store belongs to one process: use --store etcd://... for --replicas {replicas}"
     );
-    // Each replica its own health port: the default one can be bound once.
-    let mut args: Vec<&str> = vec!["--store", store, "--http-listen", "127.0.0.1:0"];
+    // Each replica its own health port: the default one can be bound once. Every simulated
+    // agent comes from 127.0.0.1, so the per-source limits are lifted.
+    let mut args: Vec<&str> = vec![
+        "--store",
+        store,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "1000000",
+        "--max-connections-per-source",
+        "1000000",
+        "--max-sessions-per-source",
+        "1000000",
+        "--max-boot-connections-per-source",
+        "1000000",
+    ];
     args.extend_from_slice(extra);
     let mut out = Vec::new();
     for _ in 0..replicas {
         out.push(ServerProcess::start(std::env::current_exe()?, &args).await?);
     }
     Ok(out)
+}
+
+/// How a bench client reaches one replica: its address, the CA pin, an admin token and a
+/// join token for the simulated agents.
+#[derive(Clone)]
+pub struct Access {
+    pub addr: String,
+    pub pin: siderite::tls::CaPin,
+    pub admin_token: String,
+    pub join_token: String,
+}
+
+impl Access {
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(siderite::tls::channel(&self.addr, self.pin, Duration::from_secs(10)).await?)
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<crate::cli::Admin> {
+        crate::cli::admin_client(self.channel().await?, &self.admin_token)
+    }
+}
+
+/// Access to each of `procs` (replicas of one store): the operator config the first one
+/// wrote, and a join token made through it.
+pub async fn access_of(procs: &[ServerProcess]) -> anyhow::Result<Vec<Access>> {
+    let first = procs.first().context("no server")?;
+    let path = first.dir.path().join("data/siderite-config.yaml");
+    let config = crate::clientconfig::ClientConfig::load(&path).map_err(anyhow::Error::msg)?;
+    let t = config.resolve(Some("admin")).map_err(anyhow::Error::msg)?;
+    let mut access = Access {
+        addr: first.addr.clone(),
+        pin: t.pin,
+        admin_token: t.token,
+        join_token: String::new(),
+    };
+    access.join_token = access
+        .admin()
+        .await?
+        .create_join_token(siderite::proto::admin::v1::CreateJoinTokenRequest {
+            description: "bench".into(),
+            ttl_seconds: 3600,
+            no_boot: true,
+        })
+        .await?
+        .into_inner()
+        .token;
+    Ok(procs
+        .iter()
+        .map(|p| Access {
+            addr: p.addr.clone(),
+            ..access.clone()
+        })
+        .collect())
 }
 
 fn rss_list(servers: &[ServerProcess]) -> String {
@@ -98,13 +165,13 @@ pub fn rss_of(pid: u32) -> Option<u64> {
 
 /// A simulated agent: registers `hw` and opens its session; the sender keeps it open.
 async fn open_session(
-    addr: &str,
+    access: &Access,
     hw: siderite::proto::agent::v1::Hardware,
 ) -> anyhow::Result<(
     tokio::sync::mpsc::Sender<AgentMessage>,
     tonic::Streaming<siderite::proto::agent::v1::ServerMessage>,
 )> {
-    let ch = channel(addr).await?;
+    let ch = access.channel().await?;
     let boot_id = uuid::Uuid::new_v4().to_string();
     let resp = AgentServiceClient::new(ch.clone())
         .register(RegisterRequest {
@@ -112,6 +179,7 @@ async fn open_session(
             agent_version: "bench".into(),
             hardware: Some(hw),
             server_id: String::new(),
+            join_token: access.join_token.clone(),
         })
         .await?
         .into_inner();
@@ -131,14 +199,6 @@ async fn open_session(
     Ok((tx, inbound))
 }
 
-pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await?)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -147,7 +207,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-fn raise_nofile() {
+pub fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
@@ -163,17 +223,20 @@ pub async fn register(
 ) -> anyhow::Result<String> {
     raise_nofile();
     let servers = start_replicas(store, replicas, &[]).await?;
+    let access = access_of(&servers).await?;
     let seed: u32 = rand::random();
     let mut chans = Vec::new();
     for c in 0..connections.max(1) {
-        chans.push(channel(&servers[c % servers.len()].addr).await?);
+        chans.push(access[c % access.len()].channel().await?);
     }
+    let join_token = access[0].join_token.clone();
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(agents as usize);
     for i in 0..agents {
         let permit = sem.clone().acquire_owned().await?;
         let ch = chans[i as usize % chans.len()].clone();
+        let join_token = join_token.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let t = Instant::now();
@@ -182,6 +245,7 @@ pub async fn register(
                 agent_version: "bench".into(),
                 hardware: Some(crate::fake::hardware(seed, i)),
                 server_id: String::new(),
+                join_token,
             };
             AgentServiceClient::new(ch)
                 .register(req)
@@ -218,6 +282,7 @@ pub async fn sessions(
 ) -> anyhow::Result<String> {
     raise_nofile();
     let servers = start_replicas(store, replicas, &[]).await?;
+    let access = access_of(&servers).await?;
     let idle = rss_list(&servers);
     let idle_rss: u64 = servers.iter().map(|s| s.rss_bytes().unwrap_or(0)).sum();
     let seed: u32 = rand::random();
@@ -226,10 +291,10 @@ pub async fn sessions(
     let mut tasks = Vec::new();
     for i in 0..agents {
         let permit = sem.clone().acquire_owned().await?;
-        let addr = servers[i as usize % servers.len()].addr.clone();
+        let access = access[i as usize % access.len()].clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let (tx, mut inbound) = open_session(&addr, crate::fake::hardware(seed, i)).await?;
+            let (tx, mut inbound) = open_session(&access, crate::fake::hardware(seed, i)).await?;
             // The first command proves the session is established server-side.
             inbound.message().await?.context("no first command")?;
             anyhow::Ok((tx, inbound))
@@ -483,8 +548,7 @@ pub async fn allocate(
 ) -> anyhow::Result<String> {
     use sha2::Digest;
     use siderite::proto::admin::v1::{
-        admin_service_client::AdminServiceClient, AllocateRequest, ApplyEnvironmentRequest,
-        ApplyResourceRequest, ListServersRequest,
+        AllocateRequest, ApplyEnvironmentRequest, ApplyResourceRequest, ListServersRequest,
     };
     use siderite::proto::agent::v1::{command, server_message, CommandAck};
     raise_nofile();
@@ -529,7 +593,8 @@ pub async fn allocate(
     std::fs::write(dir.path().join("k"), b"kernel")?;
     std::fs::write(dir.path().join("i"), b"initrd")?;
     let ns = format!("{:x}", rand::random::<u32>());
-    let mut admin = AdminServiceClient::new(channel(&procs[0].addr).await?);
+    let access = access_of(&procs).await?;
+    let mut admin = access[0].admin().await?;
     admin
         .apply_environment(ApplyEnvironmentRequest {
             manifest: format!(
@@ -555,14 +620,14 @@ pub async fn allocate(
     let mut agents = Vec::new();
     for i in 0..servers {
         let permit = sem.clone().acquire_owned().await?;
-        let addr = procs[i as usize % procs.len()].addr.clone();
+        let access = access[i as usize % access.len()].clone();
         agents.push(tokio::spawn(async move {
             let _permit = permit;
             let mut hw = crate::fake::hardware(seed, i);
             if let Some(s) = hw.system.as_mut() {
                 s.family = format!("bench-{seed}");
             }
-            let (tx, mut inbound) = open_session(&addr, hw).await?;
+            let (tx, mut inbound) = open_session(&access, hw).await?;
             tokio::spawn(async move {
                 while let Ok(Some(m)) = inbound.message().await {
                     if let Some(server_message::Msg::Command(c)) = m.msg {
@@ -591,7 +656,7 @@ pub async fn allocate(
         a.await??;
     }
     // Wait until every one is clean (seen through the last replica).
-    let mut last = AdminServiceClient::new(channel(&procs[procs.len() - 1].addr).await?);
+    let mut last = access[access.len() - 1].admin().await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let list = last
@@ -616,8 +681,8 @@ pub async fn allocate(
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let mut clients = Vec::new();
-    for p in &procs {
-        clients.push(AdminServiceClient::new(channel(&p.addr).await?));
+    for a in &access {
+        clients.push(a.admin().await?);
     }
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();

@@ -159,6 +159,9 @@ pub struct Controller {
     pub config: LifecycleConfig,
     /// `http://HOST:PORT` of the boot HTTP server (assets and metadata), once it listens.
     boot_base: std::sync::OnceLock<String>,
+    /// `https://HOST:PORT` of the metadata service and the CA it is pinned by (none when
+    /// served over plain HTTP).
+    metadata_base: std::sync::OnceLock<(String, Option<siderite::tls::CaPin>)>,
     /// Whether this replica runs the once-per-site work (install timeouts).
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
@@ -176,6 +179,7 @@ impl Controller {
             environments,
             config,
             boot_base: std::sync::OnceLock::new(),
+            metadata_base: std::sync::OnceLock::new(),
             leadership: std::sync::OnceLock::new(),
         }
     }
@@ -191,6 +195,10 @@ impl Controller {
 
     pub fn set_boot_base(&self, base: String) {
         let _ = self.boot_base.set(base);
+    }
+
+    pub fn set_metadata_base(&self, base: String, ca: Option<siderite::tls::CaPin>) {
+        let _ = self.metadata_base.set((base, ca));
     }
 
     pub fn boot_base(&self) -> Option<&str> {
@@ -376,10 +384,20 @@ impl Controller {
         };
         let mut args = entry.environment.spec.args.clone();
         args.push("talos.platform=metal".into());
+        let (meta_base, ca) = self
+            .metadata_base
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (base.clone(), None));
         args.push(format!(
             "talos.config={}",
-            crate::metadata::config_url(&base, id, &token)
+            crate::metadata::config_url(&meta_base, id, &token)
         ));
+        if let Some(ca) = ca {
+            // What the installed OS pins to fetch its config (the stand-in reads it; Talos
+            // ignores it and needs --insecure-http-metadata until it can pin).
+            args.push(format!("siderite.ca={ca}"));
+        }
         Ok(Install {
             mode: "kexec".into(),
             kernel: Some(artifact(AssetKind::Kernel)),

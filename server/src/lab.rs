@@ -265,8 +265,31 @@ pub async fn up(config: LabConfig) -> Result<String> {
 
     let addr = format!("{HOST_SIDE_ADDR}:7070");
     let started = Instant::now();
+    // The server's first start writes the operator config; the lab's copy names the address
+    // the host reaches the server by.
+    let server_config = dir.join("data/siderite-config.yaml");
+    let lab_config = dir.join("siderite-config.yaml");
+    let target = loop {
+        if let Ok(mut c) = crate::clientconfig::ClientConfig::load(&server_config) {
+            for cl in &mut c.clusters {
+                cl.server = format!("https://{addr}");
+            }
+            c.save(&lab_config)
+                .with_context(|| format!("writing {}", lab_config.display()))?;
+            break c.resolve(None).map_err(anyhow::Error::msg)?;
+        }
+        if started.elapsed() > config.wait {
+            bail!(
+                "the server wrote no operator config ({}) within {:?}; its log is in {}",
+                server_config.display(),
+                config.wait,
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     loop {
-        let registered = match crate::cli::client(&addr).await {
+        let registered = match crate::cli::client(&target).await {
             Ok(mut c) => c
                 .list_servers(siderite::proto::admin::v1::ListServersRequest {})
                 .await
@@ -293,12 +316,13 @@ pub async fn up(config: LabConfig) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let table = crate::cli::get_servers(&addr, crate::cli::Output::Table).await?;
+    let table = crate::cli::get_servers(&target, crate::cli::Output::Table).await?;
     Ok(format!(
         "lab up: {} machine(s) PXE-booted and registered in {:.0} s\n\
-         server: {addr} (export SIDERITE_SERVER={addr}); consoles and logs: {}\n\n{table}",
+         server: {addr} (export SIDERITE_CONFIG={}); consoles and logs: {}\n\n{table}",
         config.machines,
         started.elapsed().as_secs_f64(),
+        lab_config.display(),
         dir.display()
     ))
 }

@@ -3,15 +3,19 @@
 
 pub mod accept;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod binding;
 pub mod boot;
 pub mod cli;
+pub mod clientconfig;
 pub mod configpatch;
 pub mod controller;
 pub mod environment;
 pub mod fake;
 pub mod fetch;
+pub mod flood;
+pub mod guard;
 pub mod http;
 pub mod lab;
 pub mod leader;
@@ -19,6 +23,7 @@ pub mod lifecycle;
 pub mod machineconfig;
 pub mod metadata;
 pub mod model;
+pub mod pki;
 pub mod registry;
 pub mod serve;
 pub mod serverclass;

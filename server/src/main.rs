@@ -16,14 +16,17 @@ use siderite_server::store::{self, backup, StoreUrl};
     about = "Bare-metal provisioning: server and CLI"
 )]
 struct Cli {
-    /// Address of the siderite server's gRPC API.
-    #[arg(
-        long,
-        global = true,
-        env = "SIDERITE_SERVER",
-        default_value = "127.0.0.1:7070"
-    )]
-    server: String,
+    /// The operator config (kubeconfig-like; `serve` writes <data-dir>/siderite-config.yaml
+    /// on its first start). Default: ~/.siderite/config, then
+    /// /var/lib/siderite/siderite-config.yaml.
+    #[arg(long, global = true, env = "SIDERITE_CONFIG")]
+    siderite_config: Option<PathBuf>,
+    /// A context of the config other than its current one (e.g. viewer).
+    #[arg(long, global = true, env = "SIDERITE_CONTEXT")]
+    context: Option<String>,
+    /// HOST:PORT of a replica, instead of the config's.
+    #[arg(long, global = true, env = "SIDERITE_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -81,7 +84,7 @@ enum Cmd {
         #[arg(long)]
         arm64_boot_file: Option<String>,
         /// Extra kernel argument for the agent (repeatable).
-        #[arg(long, default_values_t = vec!["siderite.insecure".to_string()])]
+        #[arg(long)]
         agent_arg: Vec<String>,
         /// The site's wipe mode: fast, discard, zero or secure (a server's spec may differ).
         #[arg(long, default_value = "fast", value_parser = ["fast", "discard", "zero", "secure"])]
@@ -89,6 +92,44 @@ enum Cmd {
         /// Seconds an install may take before the server counts as dirty.
         #[arg(long, default_value_t = 1800)]
         install_timeout: u64,
+        /// Another name or address for the server certificate (repeatable; every local
+        /// address is in it already).
+        #[arg(long)]
+        tls_san: Vec<String>,
+        /// Where the first start writes the operator config (default:
+        /// <data-dir>/siderite-config.yaml).
+        #[arg(long)]
+        client_config: Option<PathBuf>,
+        /// Also serve the metadata service over plain HTTP on the boot port, for an
+        /// installed OS that cannot pin the CA: tokens and configs cross the wire in the clear.
+        #[arg(long)]
+        insecure_http_metadata: bool,
+        /// Open connections to the gRPC/HTTPS port from one address.
+        #[arg(long, default_value_t = 64)]
+        max_connections_per_source: usize,
+        /// Open connections to the gRPC/HTTPS port in total.
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
+        /// Open connections to the boot HTTP port from one address.
+        #[arg(long, default_value_t = 32)]
+        max_boot_connections_per_source: usize,
+        /// Agent sessions from one address.
+        #[arg(long, default_value_t = 8)]
+        max_sessions_per_source: usize,
+    },
+    /// Create what a first `serve` creates (the site CA, the operator config with admin and
+    /// viewer contexts, a boot join token) and print the CA pin and the join token, for
+    /// machines booted with siderite.ca= and siderite.token= before the server runs.
+    Init {
+        #[arg(long, default_value = "/var/lib/siderite")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "embedded")]
+        store: StoreUrl,
+        /// The address written into the operator config.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        #[arg(long)]
+        client_config: Option<PathBuf>,
     },
     /// Wipe a clean server again, or retry a dirty one.
     Wipe {
@@ -128,6 +169,22 @@ enum Cmd {
     Release {
         name: String,
     },
+    /// Join tokens: what machines present to register (siderite.token=).
+    Token {
+        #[command(subcommand)]
+        what: TokenWhat,
+    },
+    /// Operators of the admin API and their roles.
+    Operator {
+        #[command(subcommand)]
+        what: OperatorWhat,
+    },
+    /// Kill a server's machine credential: its session closes, metadata is refused.
+    Revoke {
+        name: String,
+    },
+    /// Who the configured token is, and its role.
+    Whoami,
     /// List resources.
     Get {
         #[command(subcommand)]
@@ -218,11 +275,52 @@ enum GetWhat {
     Machineconfigs {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Show base configs and patches (admin role only).
+        #[arg(long)]
+        show_secrets: bool,
     },
     #[command(alias = "binding", alias = "serverbindings", alias = "serverbinding")]
     Bindings {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenWhat {
+    /// Create a join token; the newest boot token is the one iPXE hands out (rotation:
+    /// create, then revoke the old one).
+    Create {
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Seconds until it expires; 0: never.
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Not handed to network-booting machines.
+        #[arg(long)]
+        no_boot: bool,
+    },
+    List {
+        /// Show the token text (admin role only).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorWhat {
+    Create {
+        name: String,
+        /// admin or read-only.
+        #[arg(long, default_value = "read-only")]
+        role: String,
+    },
+    List,
+    Revoke {
+        name: String,
     },
 }
 
@@ -268,6 +366,22 @@ enum LabWhat {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Legitimate agents register before and during a slow-loris and flood attack on
+    /// loopback (each client its own 127.x address); their latency both ways.
+    Flood {
+        #[arg(long, default_value_t = 300)]
+        agents: u32,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 8)]
+        loris_sources: u32,
+        #[arg(long, default_value_t = 80)]
+        loris_per_source: u32,
+        #[arg(long, default_value_t = 8)]
+        flood_sources: u32,
+        #[arg(long, default_value_t = 4)]
+        flood_loops: u32,
+    },
     /// Store transactions: CAS writes (1 precondition + 1 put, like a Server update) per
     /// second against plain puts of the same size, on the store given.
     Store {
@@ -353,7 +467,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let addr = cli.server.as_str();
+        let (config, context, server) = (cli.siderite_config, cli.context, cli.server);
+        let addr = || cli::target(config.as_deref(), context.as_deref(), server.as_deref());
         let out = match cli.cmd {
             Cmd::Serve {
                 data_dir,
@@ -374,6 +489,13 @@ fn main() -> anyhow::Result<()> {
                 arm64_boot_file,
                 wipe_mode,
                 install_timeout,
+                tls_san,
+                client_config,
+                insecure_http_metadata,
+                max_connections_per_source,
+                max_connections,
+                max_boot_connections_per_source,
+                max_sessions_per_source,
             } => {
                 let boot = match boot_image {
                     None => None,
@@ -406,11 +528,57 @@ fn main() -> anyhow::Result<()> {
                         install_timeout: std::time::Duration::from_secs(install_timeout),
                         ..Default::default()
                     },
+                    security: serve::SecurityConfig {
+                        tls_san,
+                        client_config,
+                        insecure_http_metadata,
+                        conn_limits: siderite_server::guard::ConnLimits {
+                            max_connections,
+                            max_per_source: max_connections_per_source,
+                            ..Default::default()
+                        },
+                        boot_http_limits: siderite_server::guard::ConnLimits {
+                            max_per_source: max_boot_connections_per_source,
+                            ..siderite_server::boot::service::BOOT_HTTP_LIMITS
+                        },
+                        max_sessions_per_source,
+                    },
                 };
                 tracing::info!(%store, "opening the store");
                 let deps = Deps::from_store_url(&config, &store).await?;
                 serve::run(config, deps, shutdown_signal()).await?;
                 return Ok(());
+            }
+            Cmd::Init {
+                data_dir,
+                store,
+                listen,
+                client_config,
+            } => {
+                let config = ServeConfig {
+                    data_dir,
+                    listen,
+                    http_listen: None,
+                    auto_accept: AutoAccept::None,
+                    addr_file: None,
+                    boot: None,
+                    lifecycle: Default::default(),
+                    security: serve::SecurityConfig {
+                        client_config,
+                        ..Default::default()
+                    },
+                };
+                let deps = Deps::from_store_url(&config, &store).await?;
+                let (pin, token) =
+                    serve::init(&config, &deps, &format!("https://{listen}")).await?;
+                format!(
+                    "ca: {pin}
+join-token: {token}
+config: {}
+# agents: siderite.ca={pin} siderite.token=<join-token>
+",
+                    serve::client_config_path(&config).display()
+                )
             }
             Cmd::Get {
                 what:
@@ -418,14 +586,14 @@ fn main() -> anyhow::Result<()> {
                         name: Some(n),
                         output,
                     },
-            } => cli::get_server(addr, &n, output).await?,
+            } => cli::get_server(&addr()?, &n, output).await?,
             Cmd::Get {
                 what: GetWhat::Servers { name: None, output },
-            } => cli::get_servers(addr, output).await?,
+            } => cli::get_servers(&addr()?, output).await?,
             Cmd::Describe {
                 what: DescribeWhat::Server { name },
-            } => cli::describe_server(addr, &name).await?,
-            Cmd::Accept { name } => cli::accept(addr, &name).await?,
+            } => cli::describe_server(&addr()?, &name).await?,
+            Cmd::Accept { name } => cli::accept(&addr()?, &name).await?,
             Cmd::Apply { file } => {
                 let text = if file.as_os_str() == "-" {
                     std::io::read_to_string(std::io::stdin())?
@@ -433,44 +601,73 @@ fn main() -> anyhow::Result<()> {
                     std::fs::read_to_string(&file)
                         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
                 };
-                cli::lifecycle::apply(addr, &text).await?
+                cli::lifecycle::apply(&addr()?, &text).await?
             }
             Cmd::Get {
                 what: GetWhat::Serverclasses { output },
-            } => cli::lifecycle::get(addr, "ServerClass", output).await?,
+            } => cli::lifecycle::get(&addr()?, "ServerClass", output, false).await?,
             Cmd::Get {
-                what: GetWhat::Machineconfigs { output },
-            } => cli::lifecycle::get(addr, "MachineConfig", output).await?,
+                what:
+                    GetWhat::Machineconfigs {
+                        output,
+                        show_secrets,
+                    },
+            } => cli::lifecycle::get(&addr()?, "MachineConfig", output, show_secrets).await?,
             Cmd::Get {
                 what: GetWhat::Bindings { output },
-            } => cli::lifecycle::get(addr, "ServerBinding", output).await?,
+            } => cli::lifecycle::get(&addr()?, "ServerBinding", output, false).await?,
             Cmd::Delete {
                 what: DeleteWhat::Serverclass { name },
-            } => cli::lifecycle::delete(addr, "ServerClass", &name).await?,
+            } => cli::lifecycle::delete(&addr()?, "ServerClass", &name).await?,
             Cmd::Delete {
                 what: DeleteWhat::Machineconfig { name },
-            } => cli::lifecycle::delete(addr, "MachineConfig", &name).await?,
-            Cmd::Wipe { name, mode } => cli::lifecycle::wipe(addr, &name, mode).await?,
-            Cmd::Cordon { name } => cli::lifecycle::cordon(addr, &name, true).await?,
-            Cmd::Uncordon { name } => cli::lifecycle::cordon(addr, &name, false).await?,
-            Cmd::Reboot { name } => cli::lifecycle::power(addr, &name, "reboot").await?,
-            Cmd::Poweroff { name } => cli::lifecycle::power(addr, &name, "poweroff").await?,
+            } => cli::lifecycle::delete(&addr()?, "MachineConfig", &name).await?,
+            Cmd::Wipe { name, mode } => cli::lifecycle::wipe(&addr()?, &name, mode).await?,
+            Cmd::Cordon { name } => cli::lifecycle::cordon(&addr()?, &name, true).await?,
+            Cmd::Uncordon { name } => cli::lifecycle::cordon(&addr()?, &name, false).await?,
+            Cmd::Reboot { name } => cli::lifecycle::power(&addr()?, &name, "reboot").await?,
+            Cmd::Poweroff { name } => cli::lifecycle::power(&addr()?, &name, "poweroff").await?,
             Cmd::Allocate {
                 class,
                 environment,
                 config,
                 name,
-            } => cli::lifecycle::allocate(addr, &class, &environment, &config, name).await?,
-            Cmd::Release { name } => cli::lifecycle::release(addr, &name).await?,
+            } => cli::lifecycle::allocate(&addr()?, &class, &environment, &config, name).await?,
+            Cmd::Release { name } => cli::lifecycle::release(&addr()?, &name).await?,
+            Cmd::Token {
+                what:
+                    TokenWhat::Create {
+                        description,
+                        ttl,
+                        no_boot,
+                    },
+            } => cli::security::token_create(&addr()?, &description, ttl, no_boot).await?,
+            Cmd::Token {
+                what: TokenWhat::List { show_secrets },
+            } => cli::security::token_list(&addr()?, show_secrets).await?,
+            Cmd::Token {
+                what: TokenWhat::Revoke { id },
+            } => cli::security::token_revoke(&addr()?, &id).await?,
+            Cmd::Operator {
+                what: OperatorWhat::Create { name, role },
+            } => cli::security::operator_create(&addr()?, &name, &role).await?,
+            Cmd::Operator {
+                what: OperatorWhat::List,
+            } => cli::security::operator_list(&addr()?).await?,
+            Cmd::Operator {
+                what: OperatorWhat::Revoke { name },
+            } => cli::security::operator_revoke(&addr()?, &name).await?,
+            Cmd::Revoke { name } => cli::security::revoke_server(&addr()?, &name).await?,
+            Cmd::Whoami => cli::security::whoami(&addr()?).await?,
             Cmd::Get {
                 what: GetWhat::Environments { output },
-            } => cli::get_environments(addr, output).await?,
+            } => cli::get_environments(&addr()?, output).await?,
             Cmd::Delete {
                 what: DeleteWhat::Environment { name },
-            } => cli::delete_environment(addr, &name).await?,
+            } => cli::delete_environment(&addr()?, &name).await?,
             Cmd::Delete {
                 what: DeleteWhat::Server { name },
-            } => cli::delete_server(addr, &name).await?,
+            } => cli::delete_server(&addr()?, &name).await?,
             Cmd::Lab {
                 what:
                     LabWhat::Up {
@@ -495,6 +692,32 @@ fn main() -> anyhow::Result<()> {
             Cmd::Lab {
                 what: LabWhat::Down { dir },
             } => siderite_server::lab::down(&dir)?,
+            Cmd::Bench {
+                what:
+                    BenchWhat::Flood {
+                        agents,
+                        concurrency,
+                        loris_sources,
+                        loris_per_source,
+                        flood_sources,
+                        flood_loops,
+                    },
+            } => {
+                let report = siderite_server::flood::run(
+                    std::env::current_exe()?,
+                    siderite_server::flood::FloodConfig {
+                        agents,
+                        concurrency,
+                        loris_sources,
+                        loris_per_source,
+                        flood_sources,
+                        flood_loops,
+                        serve_args: Vec::new(),
+                    },
+                )
+                .await?;
+                format!("bench flood:\n{report}")
+            }
             Cmd::Bench {
                 what:
                     BenchWhat::Register {
@@ -604,4 +827,15 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate names, a global arg shadowing a
+    /// subcommand's, defaults that do not parse).
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -543,6 +543,7 @@ mod tests {
             boot_id: "boot-1".into(),
             agent_version: "t".into(),
             server_id: String::new(),
+            join_token: String::new(),
             hardware: Some(Hardware {
                 system: uuid.map(|u| System {
                     uuid: u.into(),

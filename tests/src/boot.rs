@@ -279,19 +279,79 @@ impl Drop for Proc {
     }
 }
 
+/// What `siderite init --data-dir DATA` prints: the CA pin and the boot join token, for an
+/// agent's command line (`siderite.ca=`, `siderite.token=`) before the server runs.
+pub struct Init {
+    pub ca: String,
+    pub token: String,
+    pub config: PathBuf,
+}
+
+impl Init {
+    /// `siderite.ca=... siderite.token=...`
+    pub fn agent_args(&self) -> String {
+        format!("siderite.ca={} siderite.token={}", self.ca, self.token)
+    }
+}
+
+pub fn init_server(data: &Path) -> Result<Init> {
+    let out = std::process::Command::new(crate::workspace_bin("siderite"))
+        .args(["init", "--data-dir"])
+        .arg(data)
+        .output()
+        .context("running siderite init")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "siderite init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("no {name} in siderite init's output:\n{text}"))
+    };
+    Ok(Init {
+        ca: field("ca:")?,
+        token: field("join-token:")?,
+        config: PathBuf::from(field("config:")?),
+    })
+}
+
+/// The operator config of the lab's server (its data dir is `server-data` or `data`).
+pub fn lab_config(lab: &NetLab) -> Result<PathBuf> {
+    ["server-data", "data"]
+        .iter()
+        .map(|d| lab.dir.path().join(d).join("siderite-config.yaml"))
+        .find(|p| p.exists())
+        .context("the lab's server wrote no operator config (yet)")
+}
+
+/// The CLI's first arguments for the lab's server: `--siderite-config FILE --server GW:7070`.
+pub fn lab_cli(lab: &NetLab) -> Result<Vec<String>> {
+    Ok(vec![
+        crate::workspace_bin("siderite")
+            .to_str()
+            .context("binary path")?
+            .to_string(),
+        "--siderite-config".into(),
+        lab_config(lab)?
+            .to_str()
+            .context("config path")?
+            .to_string(),
+        "--server".into(),
+        format!("{}:7070", lab.gateway),
+    ])
+}
+
 /// The servers the lab's siderite server (gRPC on `<gateway>:7070`) lists, as JSON,
 /// asked with the CLI from inside the lab's namespace.
 pub fn lab_servers(lab: &NetLab) -> Result<Vec<serde_json::Value>> {
-    let bin = crate::workspace_bin("siderite");
-    let out = lab.exec(&[
-        bin.to_str().context("binary path")?,
-        "--server",
-        &format!("{}:7070", lab.gateway),
-        "get",
-        "servers",
-        "-o",
-        "json",
-    ])?;
+    let mut args = lab_cli(lab)?;
+    args.extend(["get", "servers", "-o", "json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec(&args)?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }

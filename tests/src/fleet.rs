@@ -59,8 +59,7 @@ impl Fleet {
                 );
                 let mut order: Vec<String> = servers.to_vec();
                 order.rotate_left(i as usize % servers.len().max(1));
-                let mut config =
-                    siderite_agent::session::Config::new(order, format!("fleet-{seed}-{i}"));
+                let mut config = crate::agent_config(order, format!("fleet-{seed}-{i}"));
                 config.max_backoff = Duration::from_secs(2);
                 config.heartbeat = Duration::from_secs(5);
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

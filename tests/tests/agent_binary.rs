@@ -1,5 +1,6 @@
-//! The agent ships as one static musl binary under 4 MB (built by scripts/build-agent.sh).
-//! It was 3.23 MB before the install path (reqwest downloads, sha512, zstd images, kexec).
+//! The agent ships as one static musl binary under 5 MB (built by scripts/build-agent.sh).
+//! It was 3.23 MB before the install path (reqwest downloads, sha512, zstd images, kexec),
+//! 3.82 MB before TLS (rustls + ring + webpki: +0.97 MB, so the budget went from 4 to 5 MB).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,8 +16,8 @@ fn static_agent_is_static_and_small() {
     let size = std::fs::metadata(&bin).unwrap().len();
     println!("static agent: {size} bytes");
     assert!(
-        size <= 4_000_000,
-        "agent is {size} bytes, over the 4 MB budget"
+        size <= 5_000_000,
+        "agent is {size} bytes, over the 5 MB budget"
     );
     let file = Command::new("file")
         .arg(&bin)

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use siderite_tests::boot::{boot_image, disk, lab_servers as servers, nic, tail, Machine, Proc};
+use siderite_tests::boot::{
+    boot_image, disk, init_server, lab_cli, lab_servers as servers, nic, tail, Machine, Proc,
+};
 use siderite_tests::netlab::NetLab;
 use siderite_tests::workspace_bin;
 
@@ -99,6 +101,7 @@ fn disk_args(lab: &NetLab) -> Result<Vec<String>> {
 fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result<()> {
     let (kernel, initrd) = boot_image()?;
     let mut lab = NetLab::new("boot", "10.77.0")?;
+    let init = init_server(&lab.dir.path().join("server-data"))?;
     let _server = start_server(&lab)?;
     let (t0, t1) = (lab.tap()?, lab.tap()?);
     let mut devices = Vec::new();
@@ -110,8 +113,9 @@ fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result
         "type=1,uuid=6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b,serial=RACK1-U07,manufacturer=Siderite Labs,product=Test Sled".into(),
     ]);
     let append = format!(
-        "console=ttyS0 siderite.server={}:7070 siderite.insecure",
-        lab.gateway
+        "console=ttyS0 siderite.server={}:7070 {}",
+        lab.gateway,
+        init.agent_args()
     );
     let mut m = Machine::start(&lab, "boot", &append, &kernel, &initrd, &devices)?;
     let (s, took) = wait_registered(&lab, &mut m, Duration::from_secs(120))?;
@@ -130,17 +134,13 @@ fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result
     let hw = &s["status"]["hardware"];
     assert_eq!(hw["system"]["uuid"], "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b");
     // describe shows what happened during boot (modules, network) next to the hardware.
-    let bin = workspace_bin("siderite");
     let mut described = String::new();
     for _ in 0..50 {
-        described = lab.exec(&[
-            bin.to_str().unwrap(),
-            "--server",
-            &format!("{}:7070", lab.gateway),
-            "describe",
-            "server",
-            "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-        ])?;
+        let mut args = lab_cli(&lab)?;
+        args.extend(
+            ["describe", "server", "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"].map(String::from),
+        );
+        described = lab.exec(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         if described.contains("network:") {
             break;
         }
@@ -211,6 +211,7 @@ fn generic_kernel_boots_the_agent_which_registers_its_exact_hardware() -> Result
 fn undriven_nic_garbled_command_line_and_a_late_server_still_register() -> Result<()> {
     let (kernel, initrd) = boot_image()?;
     let mut lab = NetLab::new("late", "10.78.0")?;
+    let init = init_server(&lab.dir.path().join("server-data"))?;
     let (t0, t1) = (lab.tap()?, lab.tap()?);
     let mut devices = Vec::new();
     // rtl8139's driver (8139too) is not in the image: the NIC stays undriven.
@@ -221,7 +222,8 @@ fn undriven_nic_garbled_command_line_and_a_late_server_still_register() -> Resul
         "type=1,uuid=00000000-0000-0000-0000-000000000000,serial=ZERO-UUID".into(),
     ]);
     let append = format!(
-        "console=ttyS0 siderite.colour=blue siderite.server=[::1 siderite.debug=maybe siderite.server={}:7070 siderite.insecure ==x \"siderite.token",
+        "console=ttyS0 {} siderite.colour=blue siderite.server=[::1 siderite.debug=maybe siderite.server={}:7070 ==x \"siderite.token",
+        init.agent_args(),
         lab.gateway
     );
     let mut m = Machine::start(&lab, "late", &append, &kernel, &initrd, &devices)?;

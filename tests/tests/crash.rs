@@ -89,8 +89,7 @@ fn free_port() -> u16 {
 async fn sigkill_during_lifecycle_transitions_leaves_nothing_half_applied() {
     use sha2::Digest;
     use siderite::proto::admin::v1::{
-        admin_service_client::AdminServiceClient, AllocateRequest, ApplyEnvironmentRequest,
-        ApplyResourceRequest, ListResourcesRequest,
+        AllocateRequest, ApplyEnvironmentRequest, ApplyResourceRequest, ListResourcesRequest,
     };
     const AGENTS: u32 = 150;
 
@@ -120,9 +119,7 @@ async fn sigkill_during_lifecycle_transitions_leaves_nothing_half_applied() {
         .await
         .unwrap();
     let addr = server.addr.clone();
-    let mut c = AdminServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = siderite_tests::admin(&addr).await.unwrap();
     let (k, i) = (dir.path().join("k"), dir.path().join("i"));
     std::fs::write(&k, b"kernel").unwrap();
     std::fs::write(&i, b"initrd").unwrap();
@@ -151,7 +148,7 @@ async fn sigkill_during_lifecycle_transitions_leaves_nothing_half_applied() {
     for w in 0..4u32 {
         let (addr, acked) = (addr.clone(), acked.clone());
         allocators.push(tokio::spawn(async move {
-            let Ok(mut c) = AdminServiceClient::connect(format!("http://{addr}")).await else {
+            let Ok(mut c) = siderite_tests::admin(&addr).await else {
                 return;
             };
             for n in 0..10_000u32 {
@@ -195,12 +192,11 @@ async fn sigkill_during_lifecycle_transitions_leaves_nothing_half_applied() {
     let server = ServerProcess::start_at(&data, &listen, &args)
         .await
         .unwrap();
-    let mut c = AdminServiceClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap();
+    let mut c = siderite_tests::admin(&server.addr).await.unwrap();
     let bindings: std::collections::HashMap<String, String> = c
         .list_resources(ListResourcesRequest {
             kind: "ServerBinding".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -6,9 +6,10 @@ use sha2::{Digest, Sha512};
 use siderite_tests::{workspace_bin, ServerProcess};
 
 fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let config = siderite_tests::cli_config(addr, &std::env::temp_dir());
     let out = Command::new(workspace_bin("siderite"))
-        .arg("--server")
-        .arg(addr)
+        .arg("--siderite-config")
+        .arg(&config)
         .args(args)
         .output()
         .unwrap();

@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha512};
 use siderite::proto::admin::v1::{
-    admin_service_client::AdminServiceClient, AllocateRequest, ApplyEnvironmentRequest,
-    ApplyResourceRequest, ListServersRequest, Server,
+    AllocateRequest, ApplyEnvironmentRequest, ApplyResourceRequest, ListServersRequest, Server,
 };
 use siderite_server::store::Store;
 use siderite_tests::etcd::EtcdCluster;
 use siderite_tests::fleet::Fleet;
 use siderite_tests::ServerProcess;
-use tonic::transport::Channel;
 
 const AGENTS: u32 = 500;
 const NAMESPACE: &str = "/siderite-ha/";
@@ -58,8 +56,8 @@ async fn replica(dir: &Path, name: &str, url: &str, image: &Path) -> Result<Serv
     .await
 }
 
-async fn admin(addr: &str) -> Result<AdminServiceClient<Channel>> {
-    Ok(AdminServiceClient::connect(format!("http://{addr}")).await?)
+async fn admin(addr: &str) -> Result<siderite_server::cli::Admin> {
+    siderite_tests::admin(addr).await
 }
 
 async fn servers(addr: &str) -> Result<Vec<Server>> {

@@ -287,6 +287,7 @@ fn serve_config(dir: &std::path::Path) -> siderite_server::serve::ServeConfig {
         addr_file: Some(dir.join("addr")),
         boot: None,
         lifecycle: Default::default(),
+        security: siderite_tests::loopback_security(),
     }
 }
 
@@ -309,6 +310,9 @@ async fn two_replicas_share_one_etcd() {
             let _ = stopped.await;
         }));
         let addr = siderite_tests::wait_for_file(&dir.path().join("addr"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        siderite_tests::learn(&addr, &dir.path().join("data"), Some(&url.to_string()))
             .await
             .unwrap();
         replicas.push((addr, stop, task, dir));

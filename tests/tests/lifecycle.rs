@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha512};
 use siderite::proto::admin::v1::{
-    admin_service_client::AdminServiceClient, AcceptServerRequest, AllocateRequest,
-    ApplyEnvironmentRequest, ApplyResourceRequest, CordonServerRequest, GetServerRequest,
-    ReleaseRequest, Server, WipeServerRequest,
+    AcceptServerRequest, AllocateRequest, ApplyEnvironmentRequest, ApplyResourceRequest,
+    CordonServerRequest, GetServerRequest, ReleaseRequest, Server, WipeServerRequest,
 };
 use siderite::proto::agent::v1::{BlockDevice, Hardware};
 use siderite_agent::commands::Executor;
@@ -23,7 +22,6 @@ use siderite_agent::install::FakePower;
 use siderite_server::accept::AutoAccept;
 use siderite_server::boot::service::BootConfig;
 use siderite_tests::InProcess;
-use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 16 * MIB;
@@ -99,8 +97,7 @@ fn start_agent(addr: &str, seed: u32) -> anyhow::Result<Agent> {
             ..Default::default()
         },
     );
-    let config =
-        siderite_agent::session::Config::new(vec![addr.to_string()], format!("boot-{seed}"));
+    let config = siderite_tests::agent_config(vec![addr.to_string()], format!("boot-{seed}"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(siderite_agent::session::run_with(
         config,
@@ -126,13 +123,11 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-async fn admin(addr: &str) -> AdminServiceClient<Channel> {
-    AdminServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("admin client")
+async fn admin(addr: &str) -> siderite_server::cli::Admin {
+    siderite_tests::admin(addr).await.expect("admin client")
 }
 
-async fn get(c: &mut AdminServiceClient<Channel>, id: &str) -> Server {
+async fn get(c: &mut siderite_server::cli::Admin, id: &str) -> Server {
     c.get_server(GetServerRequest { name: id.into() })
         .await
         .expect("get server")
@@ -146,7 +141,7 @@ fn phase(s: &Server) -> String {
         .unwrap_or_default()
 }
 
-async fn wait_phase(c: &mut AdminServiceClient<Channel>, id: &str, want: &str) -> Server {
+async fn wait_phase(c: &mut siderite_server::cli::Admin, id: &str, want: &str) -> Server {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = get(c, id).await;
@@ -181,10 +176,10 @@ fn assert_wiped(path: &Path) {
     assert_ne!(&buf[..2], &[0x53, 0xEF], "ext4 magic left on {path:?}");
 }
 
-async fn http_status(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("HTTP request");
-    let code = r.status().as_u16();
-    (code, r.text().await.unwrap_or_default())
+async fn http_status(addr: &str, url: &str) -> (u16, String) {
+    siderite_tests::https_get(addr, url)
+        .await
+        .expect("HTTPS request")
 }
 
 const CONFIG: &str = r#"{
@@ -228,7 +223,8 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
     })
     .await
     .unwrap();
-    let base = format!("http://127.0.0.1:{http_port}");
+    // The metadata service is on the TLS port, pinned like everything else.
+    let base = format!("https://{}", server.addr);
     let mut c = admin(&server.addr).await;
     let agents: Vec<Agent> = (0..3)
         .map(|i| start_agent(&server.addr, 700 + i).unwrap())
@@ -414,13 +410,13 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
         format!("{base}/configdata/not-a-server?token={token}"),
         format!("{base}/configdata/{}?token={}", a0.id, &token[..63]),
     ] {
-        let (code, body) = http_status(&bad).await;
+        let (code, body) = http_status(&server.addr, &bad).await;
         assert_eq!(code, 403, "{bad}");
         assert_eq!(body, "forbidden\n");
     }
     assert_eq!(phase(&get(&mut c, &a0.id).await), "installing");
     // The machine itself: its config, rendered, and the server is installed.
-    let (code, body) = http_status(&url).await;
+    let (code, body) = http_status(&server.addr, &url).await;
     assert_eq!(code, 200, "{body}");
     let cfg: serde_json::Value = serde_yaml_ng::from_str(&body).unwrap();
     assert_eq!(cfg["cluster"]["clusterName"], "patched");
@@ -533,7 +529,7 @@ async fn wipe_allocate_install_release_and_the_metadata_service() {
         "figure: release -> clean (fast wipe of 2 x 16 MiB files): {:?}",
         t.elapsed()
     );
-    let (code, _) = http_status(&url).await;
+    let (code, _) = http_status(&server.addr, &url).await;
     assert_eq!(code, 403, "a released machine's token is dead");
     assert_wiped(&a0.disk("vdb"));
 

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha512};
-use siderite_tests::boot::{boot_image, lab_servers, nic, standin_image, tail, Machine, Proc};
+use siderite_tests::boot::{
+    boot_image, init_server, lab_cli, lab_servers, nic, standin_image, tail, Machine, Proc,
+};
 use siderite_tests::netlab::NetLab;
 use siderite_tests::workspace_bin;
 
@@ -28,13 +30,14 @@ struct Lab {
     net: NetLab,
     tap: String,
     _server: Proc,
-    api: String,
+    /// `siderite.ca=... siderite.token=...` from `siderite init`.
+    agent_args: String,
 }
 
 impl Lab {
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let bin = workspace_bin("siderite");
-        let mut all = vec![bin.to_str().context("binary path")?, "--server", &self.api];
+        let cli = lab_cli(&self.net)?;
+        let mut all: Vec<&str> = cli.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
         self.net.exec(&all)
     }
@@ -139,8 +142,8 @@ fn machine(lab: &Lab, name: &str, disks: &[(&Path, &str)]) -> Result<Machine> {
         format!("type=1,uuid={UUID},serial=LIFE-0001,manufacturer=Siderite Labs,product=Life Sled"),
     ]);
     let append = format!(
-        "console=ttyS0 siderite.server={}:7070 siderite.insecure",
-        lab.net.gateway
+        "console=ttyS0 siderite.server={}:7070 {}",
+        lab.net.gateway, lab.agent_args
     );
     Machine::start(&lab.net, name, &append, &kernel, &initrd, &devices)
 }
@@ -236,13 +239,13 @@ fn accept_wipe_install_release_in_qemu() -> Result<()> {
     let standin = standin_image()?;
     let mut net = NetLab::new("life", "10.78.0")?;
     let tap = net.tap()?;
+    let init = init_server(&net.dir.path().join("server-data"))?;
     let server = start_server(&net, &image_dir)?;
-    let api = format!("{}:7070", net.gateway);
     let lab = Lab {
         net,
         tap,
         _server: server,
-        api,
+        agent_args: init.agent_args(),
     };
     let dir = lab.net.dir.path().to_path_buf();
     let (a, b) = (dir.join("disk-a.img"), dir.join("disk-b.img"));

@@ -24,7 +24,12 @@ async fn this_box_registers_and_the_cli_shows_it() {
     let inv: serde_json::Value = serde_json::from_slice(&inventory.stdout).unwrap();
 
     let mut agent = Command::new(workspace_bin("siderite-agent"))
-        .args(["run", "--server", &server.addr])
+        .args(["run", "--server", &server.addr, "--ca"])
+        .arg(siderite_tests::access(&server.addr).pin.to_string())
+        .env(
+            "SIDERITE_TOKEN",
+            siderite_tests::access(&server.addr).join_token,
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -46,8 +51,11 @@ async fn this_box_registers_and_the_cli_shows_it() {
 
     let cli = |args: &[&str]| {
         let out = Command::new(workspace_bin("siderite"))
-            .arg("--server")
-            .arg(&server.addr)
+            .arg("--siderite-config")
+            .arg(siderite_tests::cli_config(
+                &server.addr,
+                &std::env::temp_dir(),
+            ))
             .args(args)
             .output()
             .unwrap();
@@ -126,8 +134,20 @@ async fn this_box_registers_and_the_cli_shows_it() {
 
 #[test]
 fn cli_reports_an_unreachable_server_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    siderite_server::clientconfig::ClientConfig::new(
+        "127.0.0.1:1",
+        siderite::tls::CaPin([7; 32]),
+        "",
+        &[("admin".into(), "admin.x".into())],
+    )
+    .save(&config)
+    .unwrap();
     let out = Command::new(workspace_bin("siderite"))
-        .args(["--server", "127.0.0.1:1", "get", "servers"])
+        .arg("--siderite-config")
+        .arg(&config)
+        .args(["get", "servers"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -4,13 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prost::Message;
-use siderite::proto::admin::v1::{
-    admin_service_client::AdminServiceClient, AcceptServerRequest, DeleteServerRequest,
-};
+use siderite::proto::admin::v1::{AcceptServerRequest, DeleteServerRequest};
 use siderite::proto::agent::v1::{BlockDevice, Hardware, RegisterRequest, System};
 use siderite_server::accept::AutoAccept;
 use siderite_server::fake;
-use siderite_tests::{channel, list_servers, raw, register, InProcess};
+use siderite_tests::{list_servers, raw, register, InProcess};
 
 fn by_name(
     servers: Vec<siderite::proto::admin::v1::Server>,
@@ -210,8 +208,7 @@ async fn agent_session_shows_connected_accept_and_delete() {
     let server = InProcess::start(AutoAccept::None).await.unwrap();
     let hw = fake::hardware(11, 1);
     let id = hw.system.as_ref().unwrap().uuid.clone();
-    let mut config =
-        siderite_agent::session::Config::new(vec![server.addr.clone()], "agent-boot".into());
+    let mut config = siderite_tests::agent_config(vec![server.addr.clone()], "agent-boot".into());
     config.boot_log = vec!["network: eth0 up, 10.0.0.5/24".into()];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_hw = hw.clone();
@@ -247,7 +244,7 @@ async fn agent_session_shows_connected_accept_and_delete() {
     }
     assert!(ok, "the agent's session shows as connected");
 
-    let mut admin = AdminServiceClient::new(channel(&server.addr).await.unwrap());
+    let mut admin = siderite_tests::admin(&server.addr).await.unwrap();
     // The boot log the agent sent up shows on the server, in one place with the rest.
     let mut logs = Vec::new();
     for _ in 0..100 {
@@ -338,6 +335,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         agent_version: "t".into(),
         hardware: Some(fake::hardware(5, 1)),
         server_id: String::new(),
+        join_token: String::new(),
     };
 
     // Unknown field 99 at the top level, and field 77 inside hardware.system.

@@ -10,6 +10,12 @@ use siderite::proto::admin::v1::{
     ListServersRequest, ListServersResponse, PowerServerRequest, ReleaseRequest, ResourceReply,
     Server, WipeServerRequest,
 };
+use siderite::proto::admin::v1::{
+    CreateJoinTokenRequest, CreateOperatorRequest, JoinToken, ListJoinTokensRequest,
+    ListJoinTokensResponse, ListOperatorsRequest, ListOperatorsResponse, Operator,
+    RevokeJoinTokenRequest, RevokeOperatorRequest, RevokeServerRequest, WhoAmIRequest,
+    WhoAmIResponse,
+};
 use siderite::ServerId;
 use tonic::{Request, Response, Status};
 
@@ -28,6 +34,47 @@ pub struct AdminApi {
     pub environments: super::environments::EnvironmentsApi,
     pub resources: ResourcesApi,
     pub controller: Arc<Controller>,
+    pub auth: crate::auth::Auth,
+}
+
+/// Whether a caller may see secrets: only an admin who asked. A read-only caller who asks
+/// is told so rather than quietly given the redacted form.
+fn show_secrets<T>(req: &Request<T>, asked: bool) -> Result<bool, Status> {
+    if !asked {
+        return Ok(false);
+    }
+    let caller = crate::auth::caller(req)?;
+    if caller.role != crate::auth::Role::Admin {
+        return Err(Status::permission_denied(format!(
+            "showing secrets needs the admin role; operator {} is {}",
+            caller.name,
+            caller.role.as_str()
+        )));
+    }
+    tracing::info!(operator = %caller.name, "secrets shown on request");
+    Ok(true)
+}
+
+fn join_token_reply(t: crate::auth::StoredJoinToken, with_secret: bool) -> JoinToken {
+    JoinToken {
+        token: if with_secret { t.text() } else { String::new() },
+        id: t.id,
+        description: t.description,
+        created: t.created,
+        expires: t.expires.unwrap_or_default(),
+        revoked: t.revoked.unwrap_or_default(),
+        boot: t.boot,
+    }
+}
+
+fn operator_reply(o: crate::auth::StoredOperator, with_secret: bool) -> Operator {
+    Operator {
+        token: if with_secret { o.text() } else { String::new() },
+        name: o.name,
+        role: o.role,
+        created: o.created,
+        revoked: o.revoked.unwrap_or_default(),
+    }
 }
 
 fn parse_name(name: &str) -> Result<ServerId, Status> {
@@ -245,31 +292,39 @@ impl AdminService for AdminApi {
         &self,
         req: Request<ApplyResourceRequest>,
     ) -> Result<Response<ResourceReply>, Status> {
-        self.resources
-            .apply(&req.into_inner().manifest)
-            .await
-            .map(Response::new)
+        let mut reply = self.resources.apply(&req.into_inner().manifest).await?;
+        // The caller has the manifest; the reply need not carry its secrets back.
+        reply.json = super::resources::redact(&reply.kind, &reply.json);
+        Ok(Response::new(reply))
     }
 
     async fn get_resource(
         &self,
         req: Request<GetResourceRequest>,
     ) -> Result<Response<ResourceReply>, Status> {
+        let show = show_secrets(&req, req.get_ref().show_secrets)?;
         let r = req.into_inner();
-        self.resources
-            .get(&r.kind, &r.name)
-            .await
-            .map(Response::new)
+        let mut reply = self.resources.get(&r.kind, &r.name).await?;
+        if !show {
+            reply.json = super::resources::redact(&reply.kind, &reply.json);
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_resources(
         &self,
         req: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
-        self.resources
-            .list(&req.into_inner().kind)
-            .await
-            .map(Response::new)
+        let show = show_secrets(&req, req.get_ref().show_secrets)?;
+        let r = req.into_inner();
+        let mut reply = self.resources.list(&r.kind).await?;
+        if !show {
+            let kind = Kind::parse(&r.kind)?.as_str();
+            for j in &mut reply.json {
+                *j = super::resources::redact(kind, j);
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn delete_resource(
@@ -368,5 +423,126 @@ impl AdminService for AdminApi {
         tracing::info!(server_id = %id, "released");
         self.controller.nudge(id).await;
         Ok(Response::new(self.decorate(s)))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<JoinToken>, Status> {
+        let caller = crate::auth::caller(&req)?;
+        let r = req.into_inner();
+        let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds));
+        let t = self
+            .auth
+            .create_join_token(&r.description, ttl, !r.no_boot)
+            .await?;
+        tracing::info!(id = %t.id, operator = %caller.name, boot = t.boot, "join token created");
+        Ok(Response::new(join_token_reply(t, true)))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        req: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        let show = show_secrets(&req, req.get_ref().show_secrets)?;
+        let tokens = self.auth.join_tokens().await?;
+        Ok(Response::new(ListJoinTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| join_token_reply(t, show))
+                .collect(),
+        }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        req: Request<RevokeJoinTokenRequest>,
+    ) -> Result<Response<JoinToken>, Status> {
+        let caller = crate::auth::caller(&req)?;
+        let t = self.auth.revoke_join_token(&req.get_ref().id).await?;
+        tracing::info!(id = %t.id, operator = %caller.name, "join token revoked");
+        Ok(Response::new(join_token_reply(t, false)))
+    }
+
+    async fn create_operator(
+        &self,
+        req: Request<CreateOperatorRequest>,
+    ) -> Result<Response<Operator>, Status> {
+        let caller = crate::auth::caller(&req)?;
+        let r = req.into_inner();
+        let role = crate::auth::Role::parse(&r.role).map_err(Status::invalid_argument)?;
+        let o = self.auth.create_operator(&r.name, role).await?;
+        tracing::info!(name = %o.name, role = %o.role, operator = %caller.name, "operator created");
+        Ok(Response::new(operator_reply(o, true)))
+    }
+
+    async fn list_operators(
+        &self,
+        _req: Request<ListOperatorsRequest>,
+    ) -> Result<Response<ListOperatorsResponse>, Status> {
+        let ops = self.auth.operators().await?;
+        Ok(Response::new(ListOperatorsResponse {
+            operators: ops.into_iter().map(|o| operator_reply(o, false)).collect(),
+        }))
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<RevokeOperatorRequest>,
+    ) -> Result<Response<Operator>, Status> {
+        let caller = crate::auth::caller(&req)?;
+        let o = self.auth.revoke_operator(&req.get_ref().name).await?;
+        tracing::info!(name = %o.name, operator = %caller.name, "operator revoked");
+        Ok(Response::new(operator_reply(o, false)))
+    }
+
+    async fn revoke_server(
+        &self,
+        req: Request<RevokeServerRequest>,
+    ) -> Result<Response<Server>, Status> {
+        let caller = crate::auth::caller(&req)?;
+        let id = parse_name(&req.get_ref().name)?;
+        let name = id.to_string();
+        for _ in 0..16 {
+            let (v, mut s) = self.read(id).await?;
+            let st = s.status.get_or_insert_with(Default::default);
+            model::push_event(
+                st,
+                "CredentialRevoked",
+                format!(
+                    "machine credential revoked by {}: the session is closed, metadata refused; \
+                     the machine must register again with a join token",
+                    caller.name
+                ),
+            );
+            st.connected = false;
+            let key = server_key(&name);
+            let txn = Txn::new()
+                .require(Precondition::At(key.clone(), v.revision))
+                .delete(session_key(&name))
+                .delete(binding::token_key(&name))
+                .put(key, model::encode(&s));
+            match self.store.txn(txn).await.map_err(store_status)? {
+                TxnOutcome::Committed(_) => {
+                    self.sessions.kick(id);
+                    tracing::info!(server_id = %id, operator = %caller.name, "machine credential revoked");
+                    let (_, s) = self.read(id).await?;
+                    return Ok(Response::new(self.decorate(s)));
+                }
+                TxnOutcome::Conflict(_) => continue,
+            }
+        }
+        Err(Status::aborted("server kept changing; try again"))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let c = crate::auth::caller(&req)?;
+        Ok(Response::new(WhoAmIResponse {
+            name: c.name,
+            role: c.role.as_str().into(),
+        }))
     }
 }

@@ -24,6 +24,9 @@ pub struct AgentApi {
     pub sessions: Arc<Sessions>,
     pub limits: Limits,
     pub controller: Arc<Controller>,
+    pub auth: crate::auth::Auth,
+    /// Live sessions per source address (`max_per_source`; the other limits unused).
+    pub sources: Arc<crate::guard::ConnGuard>,
 }
 
 pub fn wait_command(reason: &str) -> ServerMessage {
@@ -44,7 +47,19 @@ impl AgentService for AgentApi {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string());
-        let v = validate(req.into_inner(), &self.limits).map_err(|e| {
+        let mut req = req.into_inner();
+        // The token is checked first and then dropped: nothing after this sees it.
+        let join_token = std::mem::take(&mut req.join_token);
+        let token_id = self
+            .auth
+            .check_join_token(&join_token)
+            .await
+            .map_err(|(status, why)| {
+                tracing::warn!(peer = ?peer, reason = %why, "registration refused: join token");
+                status
+            })?;
+        drop(join_token);
+        let v = validate(req, &self.limits).map_err(|e| {
             tracing::info!(peer = ?peer, error = %e, "registration refused");
             register_status(e)
         })?;
@@ -53,7 +68,7 @@ impl AgentService for AgentApi {
             .register(&v, peer)
             .await
             .map_err(register_status)?;
-        tracing::info!(server_id = %r.server_id, created = r.created, issued = r.identity_issued, new_boot = r.new_boot, "registered");
+        tracing::info!(server_id = %r.server_id, created = r.created, issued = r.identity_issued, new_boot = r.new_boot, join_token = %token_id, "registered");
         if r.new_boot {
             self.controller.on_new_boot(r.server_id).await;
         }
@@ -73,6 +88,16 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let source = req.remote_addr().map(|a| a.ip());
+        let permit = match source {
+            Some(ip) => Some(self.sources.admit(ip).ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "too many sessions from {ip} (at most {})",
+                    self.sources.limits().max_per_source
+                ))
+            })?),
+            None => None,
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -107,6 +132,7 @@ impl AgentService for AgentApi {
         let controller = self.controller.clone();
         controller.on_session(id).await;
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => match m.msg {

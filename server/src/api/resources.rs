@@ -281,3 +281,28 @@ impl ResourcesApi {
         Ok(self.store.get(&key).await.map_err(store_status)?.is_some())
     }
 }
+
+/// A resource's JSON with its secrets replaced by what they are: a MachineConfig's base
+/// config and patches (Talos machine secrets live there). Other kinds carry none.
+pub fn redact(kind: &str, json: &str) -> String {
+    if !kind.eq_ignore_ascii_case(crate::machineconfig::KIND) {
+        return json.to_string();
+    }
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return "{\"error\":\"unreadable MachineConfig, redacted\"}".into();
+    };
+    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        if let Some(base) = spec.get_mut("base") {
+            let n = base.as_str().map(str::len).unwrap_or_default();
+            *base = serde_json::Value::String(format!(
+                "<redacted: {n} bytes; --show-secrets as an admin>"
+            ));
+        }
+        if let Some(serde_json::Value::Array(patches)) = spec.get_mut("patches") {
+            for p in patches.iter_mut() {
+                *p = serde_json::Value::String("<redacted>".into());
+            }
+        }
+    }
+    v.to_string()
+}

@@ -384,6 +384,33 @@ pub struct BootHttpState {
     pub config: Arc<BootHttpConfig>,
     pub decider: Arc<dyn BootDecider>,
     pub environments: Arc<Environments>,
+    /// What agents must trust and present (the CA pin, a join token); none: nothing added.
+    pub agent_trust: Option<Arc<AgentTrust>>,
+}
+
+/// The CA pin and where the current boot join token comes from. The join token is an
+/// admission ticket only: it lets a machine register (as a discovered, unaccepted server
+/// unless an auto-accept rule says otherwise), nothing more. The script carrying it is plain
+/// HTTP, like everything iPXE fetches; machine credentials and configs never are.
+pub struct AgentTrust {
+    pub ca: siderite::tls::CaPin,
+    pub auth: crate::auth::Auth,
+}
+
+impl AgentTrust {
+    /// `siderite.ca=` and `siderite.token=`, or why there is no token to hand out.
+    async fn args(&self) -> Result<Vec<String>, String> {
+        match self.auth.boot_join_token().await {
+            Ok(Some(t)) => Ok(vec![
+                format!("siderite.ca={}", self.ca),
+                format!("siderite.token={}", t.text()),
+            ]),
+            Ok(None) => {
+                Err("no usable boot join token: create one with `siderite token create`".into())
+            }
+            Err(e) => Err(format!("reading join tokens: {e}")),
+        }
+    }
 }
 
 /// `/boot.ipxe`, `/ipxe` and `/assets/{env}/{kernel,initrd}`.
@@ -445,11 +472,36 @@ async fn machine_ipxe(
     let mac = query.mac.map(|m| m.to_string()).unwrap_or_default();
     let span = tracing::info_span!("ipxe", %uuid, %mac);
     let server = server_authority(&headers, &state.config);
-    let decision = state
+    let mut decision = state
         .decider
         .decide(query.uuid, query.mac, query.arch)
         .instrument(span.clone())
         .await;
+    if let Some(trust) = &state.agent_trust {
+        let agent_args = match &mut decision {
+            BootDecision::Unknown => {
+                decision = BootDecision::Agent {
+                    env: state.config.agent_environment.clone(),
+                    args: Vec::new(),
+                };
+                match &mut decision {
+                    BootDecision::Agent { args, .. } => Some(args),
+                    _ => None,
+                }
+            }
+            BootDecision::Agent { args, .. } => Some(args),
+            _ => None,
+        };
+        if let Some(args) = agent_args {
+            match trust.args().instrument(span.clone()).await {
+                Ok(more) => args.extend(more),
+                Err(why) => {
+                    tracing::warn!(%why, "agent boot held back");
+                    return script(StatusCode::OK, wait_script(&server, &why));
+                }
+            }
+        }
+    }
     let _enter = span.enter();
     match machine_script(
         &decision,
@@ -1182,6 +1234,7 @@ chain --replace --autofree http://10.0.0.1:8081/boot.ipxe || goto failed
             config: Arc::new(config()),
             decider: decider.clone(),
             environments: fixture.envs.clone(),
+            agent_trust: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

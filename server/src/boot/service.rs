@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use siderite::SmbiosUuid;
@@ -12,6 +13,7 @@ use super::dhcp::{self, DhcpConfig, ModeConfig};
 use super::ipxe::{self, BootDecider, BootDecision, BootHttpConfig, BootHttpState};
 use super::tftp::{self, DirSource, TftpConfig};
 use crate::environment::{Arch, Environment, Environments, LocalFileFetcher, AGENT_ENVIRONMENT};
+use crate::guard::{ConnGuard, ConnLimits, GuardedListener};
 use crate::model::{self, mac_index_key, uuid_index_key};
 use crate::store::Store;
 
@@ -37,6 +39,17 @@ pub struct BootConfig {
     /// `ipxe_dir`; without it those clients get no answer (and a log line).
     pub arm64_boot_file: Option<String>,
 }
+
+/// Connection caps for the boot HTTP server. It serves kernels and initrds to a whole
+/// rack booting at once, each machine from its own address and with a few connections at
+/// most (iPXE, then the agent's metadata calls): the total is sized for a rack, the
+/// per-source cap only stops one host from taking all of it. (No handshake: the timeout
+/// is unused.)
+pub const BOOT_HTTP_LIMITS: ConnLimits = ConnLimits {
+    max_connections: 4096,
+    max_per_source: 32,
+    handshake_timeout: Duration::from_secs(10),
+};
 
 /// Decides per machine from what the store knows: installed machines boot their disk,
 /// everything else (new, discovered, wiping...) boots the agent.
@@ -81,13 +94,23 @@ impl BootDecider for StoreDecider {
     }
 }
 
+/// What the boot services need from the rest of `serve`.
+pub struct Serving {
+    /// The agent API's port, for `siderite.server=`.
+    pub agent_api_port: u16,
+    /// The CA pin and the join tokens, for `siderite.ca=` and `siderite.token=`.
+    pub agent_trust: Option<Arc<ipxe::AgentTrust>>,
+    /// Connections to the boot HTTP port.
+    pub http_limits: ConnLimits,
+}
+
 /// Starts the boot services; they stop when `stop` turns true. `extra` routes (the
-/// metadata service) are served by the same HTTP server.
+/// metadata service, when served over plain HTTP) are served by the same HTTP server.
 pub async fn start(
     config: BootConfig,
     store: Arc<dyn Store>,
     environments: Arc<Environments>,
-    agent_api_port: u16,
+    serving: Serving,
     extra: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -106,11 +129,17 @@ pub async fn start(
         .parse()
         .with_context(|| format!("--boot-advertise {:?}", config.advertise))?;
     let mut http = BootHttpConfig::new(advertise);
+    let Serving {
+        agent_api_port,
+        agent_trust,
+        http_limits,
+    } = serving;
     http.agent_api_port = Some(agent_api_port);
     let router = ipxe::router(BootHttpState {
         config: Arc::new(http),
         decider: Arc::new(StoreDecider { store }),
         environments,
+        agent_trust,
     })
     .merge(extra);
     let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -124,6 +153,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let rx = stop.clone();
     tasks.push(tokio::spawn(async move {
+        let listener = GuardedListener::new(listener, ConnGuard::new(http_limits));
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(wait(rx))
             .await

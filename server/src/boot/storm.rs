@@ -20,10 +20,11 @@
 //! servers listen on ephemeral ports instead of 67, 4011 and 69; the DHCP server answers
 //! the request's source address (`reply_to_source`) instead of broadcasting to port 68;
 //! there is no site DHCP server, so no machine gets an address of its own and all of
-//! them share 127.0.0.1 (the TFTP per-address session limit is raised to match) and one
-//! HTTP connection pool; iPXE's REQUEST for its lease, which a ProxyDHCP ignores, is not
-//! sent. A step that fails fails its machine: the retries are the protocols' own (DHCP
-//! and TFTP retransmissions), not iPXE's script-level retry loops.
+//! them share 127.0.0.1 (the TFTP per-address session limit and the boot HTTP per-source
+//! connection cap are raised to match) and one HTTP connection pool; iPXE's REQUEST for
+//! its lease, which a ProxyDHCP ignores, is not sent. A step that fails fails its
+//! machine: the retries are the protocols' own (DHCP and TFTP retransmissions), not
+//! iPXE's script-level retry loops.
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -46,11 +47,13 @@ use tracing::Instrument;
 
 use super::dhcp::{DhcpConfig, DhcpCounters, DhcpServer, ModeConfig, RateLimit};
 use super::ipxe::{self, BootDecision, BootHttpConfig, BootHttpState, FixedDecider};
+use super::service::BOOT_HTTP_LIMITS;
 use super::tftp::client::{fetch, ClientOptions};
 use super::tftp::{DirSource, TftpConfig, TftpServer};
 use crate::environment::{
     AssetKind, Environment, Environments, LocalFileFetcher, AGENT_ENVIRONMENT,
 };
+use crate::guard::{ConnGuard, ConnLimits, GuardedListener};
 
 /// Machines booting at once when the caller has no better idea.
 pub const DEFAULT_CONCURRENCY: usize = 200;
@@ -327,6 +330,7 @@ impl Servers {
         let http_counters = Arc::new(HttpCounters::default());
         let counters = http_counters.clone();
         let router = ipxe::router(BootHttpState {
+            agent_trust: None,
             config: Arc::new(BootHttpConfig::new(
                 http_addr
                     .to_string()
@@ -351,6 +355,18 @@ impl Servers {
                 }
             },
         ));
+        // The production listener, but every machine comes from 127.0.0.1: the per-source
+        // cap (meant for one machine) must admit every connection the shared pool may
+        // hold, one in use and one idle per machine in flight, plus some closing.
+        let cap = BOOT_HTTP_LIMITS.max_connections.max(2 * concurrency + 64);
+        let listener = GuardedListener::new(
+            listener,
+            ConnGuard::new(ConnLimits {
+                max_connections: cap,
+                max_per_source: cap,
+                ..BOOT_HTTP_LIMITS
+            }),
+        );
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router)

@@ -6,9 +6,9 @@ use siderite::proto::admin::v1::{
 };
 
 use super::table::Table;
-use super::{client, status_err, Output};
+use super::{client, status_err, Output, Target};
 
-pub async fn wipe(addr: &str, name: &str, mode: Option<String>) -> anyhow::Result<String> {
+pub async fn wipe(addr: &Target, name: &str, mode: Option<String>) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let s = c
         .wipe_server(WipeServerRequest {
@@ -25,7 +25,7 @@ pub async fn wipe(addr: &str, name: &str, mode: Option<String>) -> anyhow::Resul
     ))
 }
 
-pub async fn cordon(addr: &str, name: &str, cordon: bool) -> anyhow::Result<String> {
+pub async fn cordon(addr: &Target, name: &str, cordon: bool) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.cordon_server(CordonServerRequest {
         name: name.into(),
@@ -39,7 +39,7 @@ pub async fn cordon(addr: &str, name: &str, cordon: bool) -> anyhow::Result<Stri
     ))
 }
 
-pub async fn power(addr: &str, name: &str, action: &str) -> anyhow::Result<String> {
+pub async fn power(addr: &Target, name: &str, action: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.power_server(PowerServerRequest {
         name: name.into(),
@@ -51,7 +51,7 @@ pub async fn power(addr: &str, name: &str, action: &str) -> anyhow::Result<Strin
 }
 
 /// `siderite apply -f`: any resource; Environments go to their own call.
-pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
+pub async fn apply(addr: &Target, manifest: &str) -> anyhow::Result<String> {
     let head: serde_yaml_ng::Value = serde_yaml_ng::from_str(manifest)
         .map_err(|e| anyhow::anyhow!("the manifest is not YAML or JSON: {e}"))?;
     let kind = head
@@ -83,10 +83,18 @@ pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub async fn get(addr: &str, kind: &str, output: Output) -> anyhow::Result<String> {
+pub async fn get(
+    addr: &Target,
+    kind: &str,
+    output: Output,
+    show_secrets: bool,
+) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let items: Vec<serde_json::Value> = c
-        .list_resources(ListResourcesRequest { kind: kind.into() })
+        .list_resources(ListResourcesRequest {
+            kind: kind.into(),
+            show_secrets,
+        })
         .await
         .map_err(|s| status_err(&format!("listing {kind}"), s))?
         .into_inner()
@@ -158,7 +166,7 @@ pub async fn get(addr: &str, kind: &str, output: Output) -> anyhow::Result<Strin
     }
 }
 
-pub async fn delete(addr: &str, kind: &str, name: &str) -> anyhow::Result<String> {
+pub async fn delete(addr: &Target, kind: &str, name: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.delete_resource(DeleteResourceRequest {
         kind: kind.into(),
@@ -170,7 +178,7 @@ pub async fn delete(addr: &str, kind: &str, name: &str) -> anyhow::Result<String
 }
 
 pub async fn allocate(
-    addr: &str,
+    addr: &Target,
     class: &str,
     environment: &str,
     config: &str,
@@ -195,7 +203,7 @@ pub async fn allocate(
     ))
 }
 
-pub async fn release(addr: &str, name: &str) -> anyhow::Result<String> {
+pub async fn release(addr: &Target, name: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let s = c
         .release(ReleaseRequest { name: name.into() })

@@ -1,5 +1,6 @@
 //! The operator CLI: talks to the admin API and prints tables, JSON or YAML.
 pub mod lifecycle;
+pub mod security;
 pub mod table;
 
 use std::fmt::Write as _;
@@ -22,26 +23,82 @@ pub enum Output {
     Yaml,
 }
 
-pub async fn client(addr: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// Where the CLI talks to and as whom: one context of an operator config.
+pub use crate::clientconfig::Resolved as Target;
+
+/// Adds the operator's bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// An authenticated admin API client.
+pub type Admin =
+    AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// An admin client on `channel` presenting `token`.
+pub fn admin_client(channel: Channel, token: &str) -> anyhow::Result<Admin> {
+    let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the token in the config is not valid header text"))?;
+    value.set_sensitive(true);
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(value)))
+}
+
+pub async fn client(target: &Target) -> anyhow::Result<Admin> {
+    let channel = siderite::tls::channel(
+        &target.server,
+        target.pin,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("connecting to the siderite server at {}", target.server))?;
+    admin_client(channel, &target.token)
+}
+
+/// The target from an operator config: `path` if given, else `$HOME/.siderite/config`,
+/// else `/var/lib/siderite/siderite-config.yaml` (what `serve` writes with its default
+/// data directory). `server` overrides the config's address.
+pub fn target(
+    path: Option<&std::path::Path>,
+    context: Option<&str>,
+    server: Option<&str>,
+) -> anyhow::Result<Target> {
+    let candidates: Vec<std::path::PathBuf> = match path {
+        Some(p) => vec![p.to_path_buf()],
+        None => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".siderite/config"))
+            .into_iter()
+            .chain([std::path::PathBuf::from(
+                "/var/lib/siderite/siderite-config.yaml",
+            )])
+            .collect(),
     };
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .with_context(|| format!("invalid server address {addr:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the siderite server at {addr}"))?;
-    Ok(AdminServiceClient::new(channel))
+    let Some(found) = candidates.iter().find(|p| path.is_some() || p.exists()) else {
+        anyhow::bail!(
+            "no operator config: pass --siderite-config FILE or set SIDERITE_CONFIG \
+             (`siderite serve` writes <data-dir>/siderite-config.yaml on its first start)"
+        );
+    };
+    let config = crate::clientconfig::ClientConfig::load(found).map_err(anyhow::Error::msg)?;
+    let mut t = config.resolve(context).map_err(anyhow::Error::msg)?;
+    if let Some(s) = server {
+        t.server = s.to_string();
+    }
+    Ok(t)
 }
 
 fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {}", s.message())
 }
 
-pub async fn get_servers(addr: &str, output: Output) -> anyhow::Result<String> {
+pub async fn get_servers(addr: &Target, output: Output) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let mut servers = c
         .list_servers(ListServersRequest {})
@@ -53,7 +110,7 @@ pub async fn get_servers(addr: &str, output: Output) -> anyhow::Result<String> {
     render_servers(&servers, true, output, time::OffsetDateTime::now_utc())
 }
 
-pub async fn get_server(addr: &str, name: &str, output: Output) -> anyhow::Result<String> {
+pub async fn get_server(addr: &Target, name: &str, output: Output) -> anyhow::Result<String> {
     let s = fetch(addr, name).await?;
     render_servers(
         std::slice::from_ref(&s),
@@ -63,7 +120,7 @@ pub async fn get_server(addr: &str, name: &str, output: Output) -> anyhow::Resul
     )
 }
 
-async fn fetch(addr: &str, name: &str) -> anyhow::Result<Server> {
+async fn fetch(addr: &Target, name: &str) -> anyhow::Result<Server> {
     let mut c = client(addr).await?;
     Ok(c.get_server(GetServerRequest { name: name.into() })
         .await
@@ -71,12 +128,12 @@ async fn fetch(addr: &str, name: &str) -> anyhow::Result<Server> {
         .into_inner())
 }
 
-pub async fn describe_server(addr: &str, name: &str) -> anyhow::Result<String> {
+pub async fn describe_server(addr: &Target, name: &str) -> anyhow::Result<String> {
     let s = fetch(addr, name).await?;
     Ok(describe(&s, time::OffsetDateTime::now_utc()))
 }
 
-pub async fn accept(addr: &str, name: &str) -> anyhow::Result<String> {
+pub async fn accept(addr: &Target, name: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.accept_server(AcceptServerRequest { name: name.into() })
         .await
@@ -84,7 +141,7 @@ pub async fn accept(addr: &str, name: &str) -> anyhow::Result<String> {
     Ok(format!("server/{name} accepted\n"))
 }
 
-pub async fn delete_server(addr: &str, name: &str) -> anyhow::Result<String> {
+pub async fn delete_server(addr: &Target, name: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.delete_server(DeleteServerRequest { name: name.into() })
         .await
@@ -552,7 +609,7 @@ fn indent(o: &mut String, block: &str) {
 }
 
 /// `siderite apply -f FILE`: an Environment manifest (YAML or JSON).
-pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
+pub async fn apply(addr: &Target, manifest: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let reply = c
         .apply_environment(siderite::proto::admin::v1::ApplyEnvironmentRequest {
@@ -573,7 +630,7 @@ pub async fn apply(addr: &str, manifest: &str) -> anyhow::Result<String> {
     })
 }
 
-pub async fn get_environments(addr: &str, output: Output) -> anyhow::Result<String> {
+pub async fn get_environments(addr: &Target, output: Output) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     let items: Vec<serde_json::Value> = c
         .list_environments(siderite::proto::admin::v1::ListEnvironmentsRequest {})
@@ -604,7 +661,7 @@ pub async fn get_environments(addr: &str, output: Output) -> anyhow::Result<Stri
     }
 }
 
-pub async fn delete_environment(addr: &str, name: &str) -> anyhow::Result<String> {
+pub async fn delete_environment(addr: &Target, name: &str) -> anyhow::Result<String> {
     let mut c = client(addr).await?;
     c.delete_environment(siderite::proto::admin::v1::DeleteEnvironmentRequest {
         name: name.into(),

@@ -7,6 +7,8 @@ pub struct TalosArgs {
     pub config: Option<String>,
     /// `talos.platform=NAME` (`metal` for bare metal).
     pub platform: Option<String>,
+    /// `siderite.ca=sha256:...`: the CA an https config URL is pinned to.
+    pub ca: Option<String>,
 }
 
 /// Picks `talos.config=` and `talos.platform=` out of a kernel command line; the last
@@ -21,6 +23,7 @@ pub fn parse(cmdline: &str) -> TalosArgs {
         let slot = match key {
             "talos.config" => &mut args.config,
             "talos.platform" => &mut args.platform,
+            "siderite.ca" => &mut args.ca,
             _ => continue,
         };
         *slot = value.filter(|v| !v.is_empty()).map(str::to_string);

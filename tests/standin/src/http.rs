@@ -57,12 +57,14 @@ impl FetchError {
     }
 }
 
-/// An `http://host[:port]/path?query` URL.
+/// An `http://` or `https://host[:port]/path?query` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     /// A name or an address; IPv6 without its brackets.
     pub host: String,
     pub port: u16,
+    /// https: TLS, trusting only the CA pinned by `siderite.ca=`.
+    pub tls: bool,
     /// Path and query, starting with `/`.
     pub target: String,
 }
@@ -73,9 +75,10 @@ impl Url {
             url: url.to_string(),
             reason,
         };
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some(_) => return Err(bad("only http:// is supported")),
+        let (rest, tls) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
+            Some(_) => return Err(bad("only http:// and https:// are supported")),
             None => return Err(bad("no scheme")),
         };
         let (authority, target) = match rest.find(['/', '?']) {
@@ -100,12 +103,14 @@ impl Url {
             return Err(bad("no host"));
         }
         let port = match port {
+            None | Some("") if tls => 443,
             None | Some("") => 80,
             Some(p) => p.parse().map_err(|_| bad("bad port"))?,
         };
         Ok(Url {
             host: host.to_string(),
             port,
+            tls,
             target,
         })
     }
@@ -117,7 +122,7 @@ impl Url {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -244,8 +249,18 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, FetchError> {
     }
 }
 
-/// One GET on a fresh connection; any status is a response here.
-pub fn get(url: &Url, timeout: Duration) -> Result<Response, FetchError> {
+/// One GET on a fresh connection; any status is a response here. An https URL needs `ca`.
+pub fn get(
+    url: &Url,
+    timeout: Duration,
+    ca: Option<siderite::tls::CaPin>,
+) -> Result<Response, FetchError> {
+    if url.tls && ca.is_none() {
+        return Err(FetchError::BadUrl {
+            url: format!("https://{}{}", url.authority(), url.target),
+            reason: "https needs siderite.ca= on the command line to pin the server's CA",
+        });
+    }
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|source| FetchError::Resolve {
@@ -259,7 +274,22 @@ pub fn get(url: &Url, timeout: Duration) -> Result<Response, FetchError> {
     };
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return exchange(stream, addr, url, timeout),
+            Ok(stream) => {
+                let io = |source| FetchError::Io { addr, source };
+                stream.set_read_timeout(Some(timeout)).map_err(io)?;
+                stream.set_write_timeout(Some(timeout)).map_err(io)?;
+                return match ca.filter(|_| url.tls) {
+                    None => exchange(stream, addr, url),
+                    Some(pin) => {
+                        let config = siderite::tls::client_config(pin, &[b"http/1.1"]);
+                        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                            .map_err(|e| FetchError::Malformed(format!("server name: {e}")))?;
+                        let conn = rustls::ClientConnection::new(config, name)
+                            .map_err(|e| FetchError::Malformed(format!("TLS: {e}")))?;
+                        exchange(rustls::StreamOwned::new(conn, stream), addr, url)
+                    }
+                };
+            }
             Err(source) => {
                 last = FetchError::Connect {
                     addr: addr.to_string(),
@@ -272,14 +302,11 @@ pub fn get(url: &Url, timeout: Duration) -> Result<Response, FetchError> {
 }
 
 fn exchange(
-    mut stream: TcpStream,
+    mut stream: impl Read + Write,
     addr: SocketAddr,
     url: &Url,
-    timeout: Duration,
 ) -> Result<Response, FetchError> {
     let io = |source| FetchError::Io { addr, source };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: siderite-standin/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         url.target,
@@ -326,11 +353,15 @@ impl Default for Retry {
 
 /// GETs `url` and returns the body of a 200. Network errors and 5xx are tried again
 /// with back-off, `retry.attempts` times in all; any other status fails at once.
-pub fn fetch(url: &Url, retry: &Retry) -> Result<Vec<u8>, FetchError> {
+pub fn fetch(
+    url: &Url,
+    retry: &Retry,
+    ca: Option<siderite::tls::CaPin>,
+) -> Result<Vec<u8>, FetchError> {
     let mut delay = retry.delay;
     let mut attempt = 1;
     loop {
-        let result = get(url, retry.timeout).and_then(|r| match r.status {
+        let result = get(url, retry.timeout, ca).and_then(|r| match r.status {
             200 => Ok(r.body),
             status => Err(FetchError::Status {
                 status,
@@ -379,8 +410,13 @@ mod tests {
             (u.host.as_str(), u.authority()),
             ("fd00::1", "[fd00::1]:81".into())
         );
+        let u = Url::parse("https://10.0.0.1/configdata/x?token=t").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.authority()), (443, "10.0.0.1".into()));
+        let e = get(&u, Duration::from_secs(1), None).unwrap_err();
+        assert!(e.to_string().contains("siderite.ca="), "{e}");
         for bad in [
-            "https://a/",
+            "ftp://a/",
             "a/b",
             "http://:80/",
             "http://a:x/",
@@ -467,17 +503,17 @@ mod tests {
             b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nmachine",
         ]);
-        assert_eq!(fetch(&url, &quick()).unwrap(), b"machine");
+        assert_eq!(fetch(&url, &quick(), None).unwrap(), b"machine");
         assert_eq!(t.join().unwrap(), 3);
 
         let (url, t) = serve(vec![b"HTTP/1.1 403 Forbidden\r\n\r\nnot you"]);
-        let e = fetch(&url, &quick()).unwrap_err();
+        let e = fetch(&url, &quick(), None).unwrap_err();
         assert_eq!(e.to_string(), "HTTP 403 Forbidden: \"not you\"");
         assert_eq!(t.join().unwrap(), 1, "a refusal is not retried");
 
         let (url, t) = serve(vec![b"", b"", b""]);
         assert!(matches!(
-            fetch(&url, &quick()),
+            fetch(&url, &quick(), None),
             Err(FetchError::Truncated(_))
         ));
         assert_eq!(t.join().unwrap(), 3, "attempts are bounded");

@@ -123,7 +123,15 @@ fn install() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let network = rt.block_on(network())?;
 
-    let config = http::fetch(&url, &http::Retry::default()).context("config fetch failed")?;
+    let ca = match &args.ca {
+        Some(pin) => Some(
+            pin.parse::<siderite::tls::CaPin>()
+                .map_err(anyhow::Error::msg)
+                .context("siderite.ca=")?,
+        ),
+        None => None,
+    };
+    let config = http::fetch(&url, &http::Retry::default(), ca).context("config fetch failed")?;
     tracing::info!(
         "standin: fetched {} bytes of config from {}:{}{}",
         config.len(),
