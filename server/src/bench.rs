@@ -163,6 +163,39 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What a thin simulated agent does with its session until it ends: every wipe is done at
+/// once, every install accepted (and shown to `on_install`); nothing else is answered.
+pub async fn thin_agent(
+    tx: tokio::sync::mpsc::Sender<AgentMessage>,
+    mut inbound: tonic::Streaming<siderite::proto::agent::v1::ServerMessage>,
+    on_install: impl Fn(&siderite::proto::agent::v1::Install) + Send + 'static,
+) {
+    use siderite::proto::agent::v1::{command, server_message, CommandAck};
+    while let Ok(Some(m)) = inbound.message().await {
+        let Some(server_message::Msg::Command(c)) = m.msg else {
+            continue;
+        };
+        let state = match &c.kind {
+            Some(command::Kind::Wipe(_)) => "done",
+            Some(command::Kind::Install(i)) => {
+                on_install(i);
+                "accepted"
+            }
+            _ => continue,
+        };
+        let ack = AgentMessage {
+            msg: Some(agent_message::Msg::Ack(CommandAck {
+                command_id: c.id,
+                state: state.into(),
+                ..Default::default()
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A simulated agent: registers `hw` and opens its session; the sender keeps it open.
 async fn open_session(
     access: &Access,
@@ -171,7 +204,23 @@ async fn open_session(
     tokio::sync::mpsc::Sender<AgentMessage>,
     tonic::Streaming<siderite::proto::agent::v1::ServerMessage>,
 )> {
-    let ch = access.channel().await?;
+    let (_, tx, inbound) = open_session_from(access, None, hw).await?;
+    Ok((tx, inbound))
+}
+
+/// [`open_session`] from the source address `from` (one machine of many on loopback);
+/// also the server ID it registered as.
+pub async fn open_session_from(
+    access: &Access,
+    from: Option<std::net::IpAddr>,
+    hw: siderite::proto::agent::v1::Hardware,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    tonic::Streaming<siderite::proto::agent::v1::ServerMessage>,
+)> {
+    let ch = siderite::tls::channel_from(from, &access.addr, access.pin, Duration::from_secs(30))
+        .await?;
     let boot_id = uuid::Uuid::new_v4().to_string();
     let resp = AgentServiceClient::new(ch.clone())
         .register(RegisterRequest {
@@ -186,7 +235,7 @@ async fn open_session(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
-            server_id: resp.server_id,
+            server_id: resp.server_id.clone(),
             boot_id,
             session_token: resp.session_token,
         })),
@@ -196,7 +245,7 @@ async fn open_session(
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    Ok((tx, inbound))
+    Ok((resp.server_id, tx, inbound))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -550,7 +599,6 @@ pub async fn allocate(
     use siderite::proto::admin::v1::{
         AllocateRequest, ApplyEnvironmentRequest, ApplyResourceRequest, ListServersRequest,
     };
-    use siderite::proto::agent::v1::{command, server_message, CommandAck};
     raise_nofile();
     let dir = tempfile::tempdir()?;
     let image = dir.path().join("image");
@@ -627,28 +675,8 @@ pub async fn allocate(
             if let Some(s) = hw.system.as_mut() {
                 s.family = format!("bench-{seed}");
             }
-            let (tx, mut inbound) = open_session(&access, hw).await?;
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = inbound.message().await {
-                    if let Some(server_message::Msg::Command(c)) = m.msg {
-                        let state = match c.kind {
-                            Some(command::Kind::Wipe(_)) => "done",
-                            Some(command::Kind::Install(_)) => "accepted",
-                            _ => continue,
-                        };
-                        let ack = AgentMessage {
-                            msg: Some(agent_message::Msg::Ack(CommandAck {
-                                command_id: c.id,
-                                state: state.into(),
-                                ..Default::default()
-                            })),
-                        };
-                        if tx.send(ack).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            let (tx, inbound) = open_session(&access, hw).await?;
+            tokio::spawn(thin_agent(tx, inbound, |_| {}));
             anyhow::Ok(())
         }));
     }

@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use siderite::proto::agent::v1::{
-    agent_message, agent_service_client::AgentServiceClient, AgentMessage, Hello, RegisterRequest,
-};
+use siderite::proto::agent::v1::{agent_service_client::AgentServiceClient, RegisterRequest};
 use tokio::io::AsyncWriteExt;
 
 use crate::bench::{access_of, Access, ServerProcess};
@@ -157,37 +155,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// One legitimate agent: TLS from its own address, register, session, first command.
 async fn agent(access: &Access, from: IpAddr, seed: u32, i: u32) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let ch = siderite::tls::channel_from(
-        Some(from),
-        &access.addr,
-        access.pin,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let boot_id = uuid::Uuid::new_v4().to_string();
-    let resp = AgentServiceClient::new(ch.clone())
-        .register(RegisterRequest {
-            boot_id: boot_id.clone(),
-            agent_version: "flood".into(),
-            hardware: Some(crate::fake::hardware(seed, i)),
-            server_id: String::new(),
-            join_token: access.join_token.clone(),
-        })
-        .await?
-        .into_inner();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            server_id: resp.server_id,
-            boot_id,
-            session_token: resp.session_token,
-        })),
-    })
-    .await?;
-    let mut inbound = AgentServiceClient::new(ch)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (_id, _tx, mut inbound) =
+        crate::bench::open_session_from(access, Some(from), crate::fake::hardware(seed, i)).await?;
     inbound.message().await?.context("no first command")?;
     Ok(t.elapsed())
 }

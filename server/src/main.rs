@@ -110,6 +110,9 @@ enum Cmd {
         /// Open connections to the gRPC/HTTPS port in total.
         #[arg(long, default_value_t = 4096)]
         max_connections: usize,
+        /// Seconds a client has to finish its TLS handshake (slow clients are dropped).
+        #[arg(long, default_value_t = 10)]
+        tls_handshake_timeout: u64,
         /// Open connections to the boot HTTP port from one address.
         #[arg(long, default_value_t = 32)]
         max_boot_connections_per_source: usize,
@@ -495,6 +498,7 @@ fn main() -> anyhow::Result<()> {
                 max_connections_per_source,
                 max_connections,
                 max_boot_connections_per_source,
+                tls_handshake_timeout,
                 max_sessions_per_source,
             } => {
                 let boot = match boot_image {
@@ -535,7 +539,9 @@ fn main() -> anyhow::Result<()> {
                         conn_limits: siderite_server::guard::ConnLimits {
                             max_connections,
                             max_per_source: max_connections_per_source,
-                            ..Default::default()
+                            handshake_timeout: std::time::Duration::from_secs(
+                                tls_handshake_timeout.max(1),
+                            ),
                         },
                         boot_http_limits: siderite_server::guard::ConnLimits {
                             max_per_source: max_boot_connections_per_source,

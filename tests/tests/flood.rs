@@ -19,8 +19,9 @@ async fn legitimate_agents_register_through_a_slow_loris_and_a_flood() {
             loris_per_source: 80,
             flood_sources: 4,
             flood_loops: 2,
-            // The defaults: 64 connections per source, 8 sessions per source, 10 s handshakes.
-            serve_args: vec![],
+            // The default limits (64 connections and 8 sessions per source), but a 1 s
+            // handshake deadline so that it acts within the test's few seconds.
+            serve_args: vec!["--tls-handshake-timeout".into(), "1".into()],
         },
     )
     .await
@@ -43,5 +44,9 @@ async fn legitimate_agents_register_through_a_slow_loris_and_a_flood() {
     assert!(
         report.loris_closed_fast > 0,
         "no slow-loris connection was refused by the per-source limit: {report}"
+    );
+    assert!(
+        report.loris_closed_late > 0,
+        "no slow-loris connection was dropped at the handshake deadline: {report}"
     );
 }

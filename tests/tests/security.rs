@@ -12,8 +12,8 @@ use siderite::proto::admin::v1::{
     ListServersRequest, RevokeJoinTokenRequest, RevokeOperatorRequest, RevokeServerRequest,
 };
 use siderite::proto::agent::v1::{
-    agent_message, agent_service_client::AgentServiceClient, command, server_message, AgentMessage,
-    CommandAck, Hardware, Hello, RegisterRequest, RegisterResponse, ServerMessage,
+    agent_message, agent_service_client::AgentServiceClient, AgentMessage, Hardware, Hello,
+    RegisterRequest, RegisterResponse, ServerMessage,
 };
 use siderite_server::accept::AutoAccept;
 use siderite_server::boot::service::BootConfig;
@@ -405,79 +405,65 @@ async fn the_admin_api_refuses_anonymous_callers_and_read_only_writes() {
 async fn thin_agent(addr: &str, seed: u32, i: u32) -> (String, Arc<Mutex<Option<String>>>) {
     let mut hw = fake::hardware(seed, i);
     hw.system.as_mut().unwrap().family = "security".into();
-    let boot = format!("boot-{seed}-{i}");
-    let r = register_with(addr, request(&boot, hw, &access(addr).join_token))
+    let a = access(addr);
+    let bench_access = siderite_server::bench::Access {
+        addr: addr.to_string(),
+        pin: a.pin,
+        admin_token: a.admin_token,
+        join_token: a.join_token,
+    };
+    let (id, tx, mut inbound) = siderite_server::bench::open_session_from(&bench_access, None, hw)
         .await
         .unwrap();
-    let (tx, mut inbound) = open_session(
-        addr,
-        Hello {
-            server_id: r.server_id.clone(),
-            boot_id: boot,
-            session_token: r.session_token,
-        },
-    )
-    .await
-    .unwrap();
+    // The session's first command: the session is open.
+    inbound.message().await.unwrap().unwrap();
     let cmdline = Arc::new(Mutex::new(None));
     let seen = cmdline.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(m)) = inbound.message().await {
-            let Some(server_message::Msg::Command(c)) = m.msg else {
-                continue;
-            };
-            let state = match c.kind {
-                Some(command::Kind::Wipe(_)) => "done",
-                Some(command::Kind::Install(i)) => {
-                    *seen.lock().unwrap() = Some(i.cmdline);
-                    "accepted"
-                }
-                _ => continue,
-            };
-            let ack = AgentMessage {
-                msg: Some(agent_message::Msg::Ack(CommandAck {
-                    command_id: c.id,
-                    state: state.into(),
-                    ..Default::default()
-                })),
-            };
-            if tx.send(ack).await.is_err() {
-                return;
-            }
-        }
-    });
-    (r.server_id, cmdline)
+    tokio::spawn(siderite_server::bench::thin_agent(tx, inbound, move |i| {
+        *seen.lock().unwrap() = Some(i.cmdline.clone());
+    }));
+    (id, cmdline)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metadata_answers_only_the_machine_itself() {
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let boot_http = http.clone();
-    let server = InProcess::start_with(AutoAccept::All, move |config, dir| {
-        let image = dir.join("agent-image");
-        std::fs::create_dir_all(&image)?;
-        std::fs::write(image.join("vmlinuz"), b"agent kernel")?;
-        std::fs::write(image.join("initramfs.cpio.zst"), b"agent initrd")?;
-        config.boot = Some(BootConfig {
-            image_dir: image,
-            http_listen: boot_http.parse()?,
-            advertise: boot_http.clone(),
-            tftp_listen: None,
-            ipxe_dir: dir.to_path_buf(),
-            dhcp: None,
-            interfaces: vec![],
-            agent_args: vec![],
-            arm64_boot_file: None,
-        });
-        config.lifecycle.reconcile_every = Duration::from_millis(200);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    // The boot HTTP port is picked free and then bound by the server: another test may
+    // take it in between, so a failed start is tried again on a new port.
+    let mut attempt = 0;
+    let (server, http) = loop {
+        attempt += 1;
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let boot_http = http.clone();
+        let started = InProcess::start_with(AutoAccept::All, move |config, dir| {
+            let image = dir.join("agent-image");
+            std::fs::create_dir_all(&image)?;
+            std::fs::write(image.join("vmlinuz"), b"agent kernel")?;
+            std::fs::write(image.join("initramfs.cpio.zst"), b"agent initrd")?;
+            config.boot = Some(BootConfig {
+                image_dir: image,
+                http_listen: boot_http.parse()?,
+                advertise: boot_http.clone(),
+                tftp_listen: None,
+                ipxe_dir: dir.to_path_buf(),
+                dhcp: None,
+                interfaces: vec![],
+                agent_args: vec![],
+                arm64_boot_file: None,
+            });
+            config.lifecycle.reconcile_every = Duration::from_millis(200);
+            Ok(())
+        })
+        .await;
+        match started {
+            Ok(s) => break (s, http),
+            Err(e) if attempt < 3 => eprintln!("server start failed ({e:#}); trying another port"),
+            Err(e) => panic!("server start: {e:#}"),
+        }
+    };
     let addr = server.addr.clone();
     let dir = tempfile::tempdir().unwrap();
     let (k, i) = (dir.path().join("k"), dir.path().join("i"));
