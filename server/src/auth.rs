@@ -403,11 +403,17 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
 pub struct AdminAuth<S> {
     inner: S,
     auth: Auth,
+    /// Refusals are logged at most once a second (a flood would multiply them).
+    refusals: Arc<std::sync::Mutex<crate::guard::LogGate>>,
 }
 
 impl<S> AdminAuth<S> {
     pub fn new(inner: S, auth: Auth) -> Self {
-        Self { inner, auth }
+        Self {
+            inner,
+            auth,
+            refusals: Default::default(),
+        }
     }
 }
 
@@ -434,6 +440,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let refusals = self.refusals.clone();
+        let log_refusal = move || {
+            refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pass()
+        };
         Box::pin(async move {
             let method = req
                 .uri()
@@ -450,12 +463,16 @@ where
             let caller = match auth.authenticate(header.as_deref()).await {
                 Ok(c) => c,
                 Err(status) => {
-                    tracing::info!(%method, reason = %status.message(), "admin API: unauthenticated call refused");
+                    if let Some(suppressed) = log_refusal() {
+                        tracing::info!(%method, reason = %status.message(), suppressed, "admin API: unauthenticated call refused");
+                    }
                     return Ok(status.into_http());
                 }
             };
             if !allowed(caller.role, &method) {
-                tracing::info!(%method, operator = %caller.name, "admin API: read-only operator refused");
+                if let Some(suppressed) = log_refusal() {
+                    tracing::info!(%method, operator = %caller.name, suppressed, "admin API: read-only operator refused");
+                }
                 return Ok(Status::permission_denied(format!(
                     "{method} needs the admin role; operator {} is {}",
                     caller.name,

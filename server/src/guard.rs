@@ -212,16 +212,16 @@ impl fmt::Debug for ConnGuard {
     }
 }
 
-/// Lets one event through per [`LOG_EVERY`].
+/// Lets one event through per [`LOG_EVERY`] (for log lines a flood could multiply).
 #[derive(Default)]
-struct LogGate {
+pub struct LogGate {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogGate {
     /// Some(events suppressed since the last one let through) when this one may be logged.
-    fn pass(&mut self) -> Option<u64> {
+    pub fn pass(&mut self) -> Option<u64> {
         let now = Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
             self.suppressed += 1;

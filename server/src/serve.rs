@@ -285,6 +285,7 @@ pub async fn run(
             max_per_source: config.security.max_sessions_per_source.max(1),
             handshake_timeout: std::time::Duration::from_secs(10),
         }),
+        refusals: Default::default(),
     };
     let environments = EnvironmentsApi {
         store: deps.store.clone(),

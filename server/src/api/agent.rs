@@ -27,6 +27,8 @@ pub struct AgentApi {
     pub auth: crate::auth::Auth,
     /// Live sessions per source address (`max_per_source`; the other limits unused).
     pub sources: Arc<crate::guard::ConnGuard>,
+    /// Refused registrations are logged at most once a second (a flood would multiply them).
+    pub refusals: std::sync::Mutex<crate::guard::LogGate>,
 }
 
 pub fn wait_command(reason: &str) -> ServerMessage {
@@ -55,7 +57,14 @@ impl AgentService for AgentApi {
             .check_join_token(&join_token)
             .await
             .map_err(|(status, why)| {
-                tracing::warn!(peer = ?peer, reason = %why, "registration refused: join token");
+                let pass = self
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pass();
+                if let Some(suppressed) = pass {
+                    tracing::warn!(peer = ?peer, reason = %why, suppressed, "registration refused: join token");
+                }
                 status
             })?;
         drop(join_token);
