@@ -135,6 +135,12 @@ impl Pki {
             }
             params.subject_alt_names.push(match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
+                // A host name that is no DNS name (an underscore, a space) would make a
+                // certificate some clients reject as a whole: leave it out.
+                Err(_) if !is_dns_name(name) => {
+                    tracing::warn!(%name, "not a DNS name: left out of the server certificate");
+                    continue;
+                }
                 Err(_) => SanType::DnsName(name.clone().try_into()?),
             });
         }
@@ -156,6 +162,19 @@ impl Pki {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// Letters, digits and hyphens in dot-separated labels of 1 to 63 characters.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The names a server certificate should carry: the host name, `localhost`, every address
@@ -198,8 +217,10 @@ mod tests {
         let a = Pki::load_or_create(&store).await.unwrap();
         let b = Pki::load_or_create(&store).await.unwrap();
         assert_eq!(a.pin, b.pin, "a second start must find the same CA");
-        let names = local_names(&["siderite.example".into()]);
+        let mut names = local_names(&["siderite.example".into()]);
         assert!(names.iter().any(|n| n == "127.0.0.1"), "{names:?}");
+        names.push("bad_host name".into());
         b.server_config(&names).unwrap();
+        assert!(is_dns_name("rack-1.example") && !is_dns_name("a_b") && !is_dns_name("-a"));
     }
 }
