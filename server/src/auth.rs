@@ -217,26 +217,39 @@ impl Auth {
     }
 
     pub async fn revoke_join_token(&self, id: &str) -> Result<StoredJoinToken, AuthError> {
-        let key = format!("{JOIN_PREFIX}{id}");
+        self.revoke(
+            &format!("{JOIN_PREFIX}{id}"),
+            &format!("join token {id}"),
+            |t: &mut StoredJoinToken| &mut t.revoked,
+        )
+        .await
+    }
+
+    /// Marks the record at `key` revoked (once: a second revoke keeps the first time),
+    /// with a compare-and-swap on its revision.
+    async fn revoke<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+        revoked: impl Fn(&mut T) -> &mut Option<String>,
+    ) -> Result<T, AuthError> {
         for _ in 0..8 {
-            let Some(v) = self.store.get(&key).await? else {
-                return Err(AuthError::NotFound(format!("join token {id}")));
+            let Some(v) = self.store.get(key).await? else {
+                return Err(AuthError::NotFound(what.to_string()));
             };
-            let mut t: StoredJoinToken = serde_json::from_slice(&v.value)
-                .map_err(|e| AuthError::Invalid(format!("join token {id} is damaged: {e}")))?;
-            if t.revoked.is_none() {
-                t.revoked = Some(crate::model::now_rfc3339());
-            }
+            let mut record: T = serde_json::from_slice(&v.value)
+                .map_err(|e| AuthError::Invalid(format!("{what} is damaged: {e}")))?;
+            revoked(&mut record).get_or_insert_with(crate::model::now_rfc3339);
             let txn = Txn::new()
-                .require(Precondition::At(key.clone(), v.revision))
-                .put(key.clone(), serde_json::to_vec(&t).expect("serializes"));
+                .require(Precondition::At(key.to_string(), v.revision))
+                .put(key, serde_json::to_vec(&record).expect("serializes"));
             if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
-                return Ok(t);
+                return Ok(record);
             }
         }
-        Err(AuthError::Invalid(
-            "join token kept changing; try again".into(),
-        ))
+        Err(AuthError::Invalid(format!(
+            "{what} kept changing; try again"
+        )))
     }
 
     /// Checks a join token; the error says why in words safe to return to the caller
@@ -318,26 +331,12 @@ impl Auth {
     }
 
     pub async fn revoke_operator(&self, name: &str) -> Result<StoredOperator, AuthError> {
-        let key = format!("{OPERATOR_PREFIX}{name}");
-        for _ in 0..8 {
-            let Some(v) = self.store.get(&key).await? else {
-                return Err(AuthError::NotFound(format!("operator {name}")));
-            };
-            let mut o: StoredOperator = serde_json::from_slice(&v.value)
-                .map_err(|e| AuthError::Invalid(format!("operator {name} is damaged: {e}")))?;
-            if o.revoked.is_none() {
-                o.revoked = Some(crate::model::now_rfc3339());
-            }
-            let txn = Txn::new()
-                .require(Precondition::At(key.clone(), v.revision))
-                .put(key.clone(), serde_json::to_vec(&o).expect("serializes"));
-            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
-                return Ok(o);
-            }
-        }
-        Err(AuthError::Invalid(
-            "operator kept changing; try again".into(),
-        ))
+        self.revoke(
+            &format!("{OPERATOR_PREFIX}{name}"),
+            &format!("operator {name}"),
+            |o: &mut StoredOperator| &mut o.revoked,
+        )
+        .await
     }
 
     /// The caller an `authorization: Bearer <name>.<secret>` header names.

@@ -58,6 +58,18 @@ impl ServerProcess {
     }
 }
 
+/// `serve` limits lifted for clients that all come from 127.0.0.1 (benches, tests).
+pub const LOOPBACK_LIMITS: [&str; 8] = [
+    "--max-connections",
+    "1000000",
+    "--max-connections-per-source",
+    "1000000",
+    "--max-sessions-per-source",
+    "1000000",
+    "--max-boot-connections-per-source",
+    "1000000",
+];
+
 /// `replicas` server processes sharing `store` (`embedded` allows one), each on its own
 /// loopback port; extra args for every one.
 pub async fn start_replicas(
@@ -72,20 +84,8 @@ pub async fn start_replicas(
     );
     // Each replica its own health port: the default one can be bound once. Every simulated
     // agent comes from 127.0.0.1, so the per-source limits are lifted.
-    let mut args: Vec<&str> = vec![
-        "--store",
-        store,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--max-connections",
-        "1000000",
-        "--max-connections-per-source",
-        "1000000",
-        "--max-sessions-per-source",
-        "1000000",
-        "--max-boot-connections-per-source",
-        "1000000",
-    ];
+    let mut args: Vec<&str> = vec!["--store", store, "--http-listen", "127.0.0.1:0"];
+    args.extend_from_slice(&LOOPBACK_LIMITS);
     args.extend_from_slice(extra);
     let mut out = Vec::new();
     for _ in 0..replicas {

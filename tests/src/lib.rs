@@ -112,16 +112,7 @@ pub fn loopback_security() -> serve::SecurityConfig {
 }
 
 /// The same for `siderite serve` processes.
-pub const LOOPBACK_LIMITS: [&str; 8] = [
-    "--max-connections",
-    "1000000",
-    "--max-connections-per-source",
-    "1000000",
-    "--max-sessions-per-source",
-    "1000000",
-    "--max-boot-connections-per-source",
-    "1000000",
-];
+pub use siderite_server::bench::LOOPBACK_LIMITS;
 
 /// What a test needs to talk to one server: the CA pin, the operator tokens its first
 /// start wrote, and a join token made for the tests.
